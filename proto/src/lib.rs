@@ -1,0 +1,63 @@
+//! The memseal wire protocol, shared by the daemon (`memseald`) and the
+//! client library (`memseal`).
+//!
+//! memseal moves two kinds of things over one Unix stream socket: small
+//! control messages, and file descriptors of sealed memfds riding on them as
+//! `SCM_RIGHTS`. This crate owns everything both ends must agree on, and
+//! nothing else: it knows no daemon state and maps no memory.
+//!
+//! # Layout
+//!
+//! - [`message`]: the requests, responses and error codes, as plain Rust
+//!   types. Each message says how many descriptors must travel with it.
+//! - [`codec`]: the only place that calls bincode. Turns a message into a
+//!   frame (`u32` little-endian length, one byte of descriptor count, the
+//!   bincode payload) and back, refusing any length above the frame cap
+//!   before a byte is allocated for it.
+//! - [`wire`]: moves frames over a socket. Sending uses `sendmsg` with the
+//!   descriptor attached to the frame's first byte; receiving uses `recvmsg`
+//!   with `MSG_CMSG_CLOEXEC`, never reads past the end of the current frame,
+//!   and turns a truncated control message, a surplus descriptor or one on
+//!   the wrong byte into a typed error after closing every descriptor it got.
+//!   The same state machine serves the blocking client and the non-blocking
+//!   daemon.
+//! - [`name`]: which asset names are valid, and why.
+//! - [`paths`]: where the daemon's socket lives by default, resolved the same
+//!   way on both sides.
+//!
+//! # The path of a fetch through this crate
+//!
+//! The client builds [`Request::Fetch`], [`codec::encode_request`] frames it
+//! and [`wire::send_frame`] writes it. The daemon's [`wire::FrameReader`]
+//! reassembles the frame, [`codec::decode_request`] checks it, and the reply
+//! [`Response::Asset`] goes back the same way with the memfd attached. The
+//! client's `FrameReader` hands the descriptor over only if the frame
+//! declared exactly one and the message calls for exactly one.
+//!
+//! PROTOCOL.md at the root of the repository describes every byte.
+
+pub mod codec;
+pub mod error;
+pub mod message;
+pub mod name;
+pub mod paths;
+pub mod wire;
+
+pub use error::FrameError;
+pub use message::{
+    AssetInfo, ErrorCode, ErrorReply, Hash, Limits, PublishSource, Request, Response, Selector,
+    ServerStatus,
+};
+
+/// The protocol version this crate speaks. A peer that speaks another one is
+/// refused during the handshake with [`ErrorCode::UnsupportedVersion`].
+pub const PROTOCOL_VERSION: u32 = 1;
+
+/// The largest control frame (length prefix excluded) either side accepts.
+///
+/// Larger lengths are refused as soon as the 4-byte prefix is read, before
+/// any buffer is allocated for the payload.
+pub const MAX_FRAME_LEN: u32 = 64 * 1024;
+
+/// The most descriptors a single frame may declare.
+pub const MAX_FDS_PER_FRAME: u8 = 1;

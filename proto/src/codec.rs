@@ -78,11 +78,8 @@ pub fn encoded_response_len(response: &Response) -> usize {
     let mut counter = ByteCounter(0);
     // Encoding into a counter cannot fail for lack of space; the limit
     // would make it fail above the frame cap, which is what callers check.
-    let _ = bincode::serde::encode_into_std_write(
-        response,
-        &mut counter,
-        bincode::config::standard(),
-    );
+    let _ =
+        bincode::serde::encode_into_std_write(response, &mut counter, bincode::config::standard());
     HEADER_LEN + 1 + counter.0
 }
 
@@ -113,10 +110,7 @@ pub fn decode_request(payload: &[u8], fds: Vec<OwnedFd>) -> Result<Decoded<Reque
 }
 
 /// Decode a response; see [`decode_request`].
-pub fn decode_response(
-    payload: &[u8],
-    fds: Vec<OwnedFd>,
-) -> Result<Decoded<Response>, FrameError> {
+pub fn decode_response(payload: &[u8], fds: Vec<OwnedFd>) -> Result<Decoded<Response>, FrameError> {
     decode(payload, fds, Response::fd_count, Response::kind)
 }
 

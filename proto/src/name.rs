@@ -102,7 +102,14 @@ mod tests {
 
     #[test]
     fn accepts_path_like_names() {
-        for name in ["a", "models/en/tokenizer.json", "x-1_2.bin", "a/b.c/d", "..a", "a.."] {
+        for name in [
+            "a",
+            "models/en/tokenizer.json",
+            "x-1_2.bin",
+            "a/b.c/d",
+            "..a",
+            "a..",
+        ] {
             assert_eq!(validate_name(name), Ok(()), "{name}");
         }
         assert_eq!(validate_name(&"n".repeat(MAX_NAME_LEN)), Ok(()));
@@ -119,13 +126,24 @@ mod tests {
         assert_eq!(validate_name("./a"), Err(NameError::DotSegment));
         assert_eq!(
             validate_name("a b"),
-            Err(NameError::BadChar { index: 1, byte: b' ' })
+            Err(NameError::BadChar {
+                index: 1,
+                byte: b' '
+            })
         );
-        assert!(matches!(validate_name("é"), Err(NameError::BadChar { index: 0, .. })));
-        assert!(matches!(validate_name("a\0"), Err(NameError::BadChar { index: 1, .. })));
+        assert!(matches!(
+            validate_name("é"),
+            Err(NameError::BadChar { index: 0, .. })
+        ));
+        assert!(matches!(
+            validate_name("a\0"),
+            Err(NameError::BadChar { index: 1, .. })
+        ));
         assert_eq!(
             validate_name(&"n".repeat(MAX_NAME_LEN + 1)),
-            Err(NameError::TooLong { len: MAX_NAME_LEN + 1 })
+            Err(NameError::TooLong {
+                len: MAX_NAME_LEN + 1
+            })
         );
     }
 

@@ -294,7 +294,9 @@ mod tests {
         let second = reader.read_frame(b.as_fd()).unwrap();
         assert!(second.fds.is_empty());
         assert_eq!(
-            decode_response(&second.payload, second.fds).unwrap().message,
+            decode_response(&second.payload, second.fds)
+                .unwrap()
+                .message,
             Response::Continue
         );
     }

@@ -1,0 +1,305 @@
+//! Settings: command-line flags over a TOML file over built-in defaults.
+//!
+//! Every setting can be given in the file (`--config`, default
+//! [`DEFAULT_CONFIG`]; a missing default file is not an error, a missing
+//! explicit one is) and most also as a flag, which wins.
+
+use clap::Parser;
+use serde::Deserialize;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+/// Where the system service reads its settings.
+pub const DEFAULT_CONFIG: &str = "/etc/memseal/memseald.toml";
+
+/// Where the system service finds assets declared as files.
+pub const DEFAULT_ASSETS_DIR: &str = "/etc/memseal/assets.d";
+
+const AFTER_HELP: &str = "\
+Sizes accept a suffix: K, M, G, T (powers of 1024), e.g. --max-asset-size 4G.
+
+Environment:
+  MEMSEAL_SOCKET   socket path (same as --socket)
+  MEMSEAL_LOG      log filter, e.g. info, debug, memseal_daemon=trace (default: info)
+
+Signals:
+  SIGTERM, SIGINT  stop accepting, finish requests in flight, remove the socket, exit
+  SIGHUP           republish the assets declared in --assets-dir
+
+Under systemd the listening socket and the stored assets come from the
+service manager (LISTEN_FDS); see the units in systemd/.";
+
+/// memseald: serve immutable assets as sealed memfds over a Unix socket.
+#[derive(Debug, Parser)]
+#[command(name = "memseald", version, about, after_help = AFTER_HELP)]
+pub struct Args {
+    /// Socket to listen on [default: /run/memseal/memseald.sock for root,
+    /// $XDG_RUNTIME_DIR/memseal/memseald.sock otherwise]
+    #[arg(long, env = "MEMSEAL_SOCKET", value_name = "PATH")]
+    pub socket: Option<PathBuf>,
+
+    /// Settings file [default: /etc/memseal/memseald.toml if it exists]
+    #[arg(long, value_name = "FILE")]
+    pub config: Option<PathBuf>,
+
+    /// How many versions of each name to keep [default: 1]
+    #[arg(long, value_name = "N")]
+    pub keep_versions: Option<u32>,
+
+    /// Largest asset accepted [default: the total budget]
+    #[arg(long, value_name = "BYTES", value_parser = parse_size)]
+    pub max_asset_size: Option<u64>,
+
+    /// Total bytes of distinct content held [default: a quarter of RAM]
+    #[arg(long, value_name = "BYTES", value_parser = parse_size)]
+    pub max_total_bytes: Option<u64>,
+
+    /// Most simultaneous client connections [default: 1024]
+    #[arg(long, value_name = "N")]
+    pub max_connections: Option<usize>,
+
+    /// Directory of *.asset files declaring assets to publish at start and
+    /// on SIGHUP [default: /etc/memseal/assets.d if it exists]
+    #[arg(long, value_name = "DIR")]
+    pub assets_dir: Option<PathBuf>,
+}
+
+/// A size in the config file: a number of bytes or a string with a suffix.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(untagged)]
+enum SizeValue {
+    Bytes(u64),
+    Text(String),
+}
+
+impl SizeValue {
+    fn bytes(&self, key: &str) -> Result<u64, String> {
+        match self {
+            SizeValue::Bytes(n) => Ok(*n),
+            SizeValue::Text(text) => parse_size(text).map_err(|e| format!("{key}: {e}")),
+        }
+    }
+}
+
+/// The TOML file, as written.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FileConfig {
+    socket: Option<PathBuf>,
+    keep_versions: Option<u32>,
+    max_asset_size: Option<SizeValue>,
+    max_total_bytes: Option<SizeValue>,
+    max_connections: Option<usize>,
+    assets_dir: Option<PathBuf>,
+    #[serde(default)]
+    policy: PolicyConfig,
+}
+
+/// Who may do what; see [`crate::policy`].
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PolicyConfig {
+    /// Groups (names or numeric gids) whose members may publish and remove
+    /// any name.
+    #[serde(default = "default_publisher_groups")]
+    pub publisher_groups: Vec<String>,
+    /// Extra uids (names or numbers) that may publish and remove any name.
+    #[serde(default)]
+    pub publisher_users: Vec<String>,
+    /// The prefix under which every user may publish and remove their own
+    /// assets; `{uid}` is replaced by the peer's uid. Empty disables it.
+    #[serde(default = "default_user_prefix")]
+    pub user_prefix: String,
+}
+
+fn default_publisher_groups() -> Vec<String> {
+    vec!["memseal".to_owned()]
+}
+
+fn default_user_prefix() -> String {
+    "user/{uid}/".to_owned()
+}
+
+impl Default for PolicyConfig {
+    fn default() -> Self {
+        PolicyConfig {
+            publisher_groups: default_publisher_groups(),
+            publisher_users: Vec::new(),
+            user_prefix: default_user_prefix(),
+        }
+    }
+}
+
+/// Resolved settings the daemon runs with.
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub socket: PathBuf,
+    pub keep_versions: usize,
+    pub max_asset_size: u64,
+    pub max_total_bytes: u64,
+    pub max_connections: usize,
+    pub assets_dir: Option<PathBuf>,
+    pub policy: PolicyConfig,
+    /// How long a client may take to complete the handshake.
+    pub handshake_timeout: Duration,
+    /// How long a frame, or the gap between two chunks of an upload, may take.
+    pub io_timeout: Duration,
+    /// How long in-flight requests may run after SIGTERM.
+    pub shutdown_grace: Duration,
+}
+
+impl Config {
+    /// Combine flags, the settings file and defaults.
+    pub fn resolve(args: Args) -> Result<Config, String> {
+        let file = match &args.config {
+            Some(path) => read_file(path)?,
+            None if Path::new(DEFAULT_CONFIG).exists() => read_file(Path::new(DEFAULT_CONFIG))?,
+            None => FileConfig::default(),
+        };
+        let max_total_bytes = match (args.max_total_bytes, &file.max_total_bytes) {
+            (Some(n), _) => n,
+            (None, Some(v)) => v.bytes("max_total_bytes")?,
+            (None, None) => default_total_bytes(),
+        };
+        let max_asset_size = match (args.max_asset_size, &file.max_asset_size) {
+            (Some(n), _) => n,
+            (None, Some(v)) => v.bytes("max_asset_size")?,
+            (None, None) => max_total_bytes,
+        };
+        let keep_versions = args.keep_versions.or(file.keep_versions).unwrap_or(1);
+        if keep_versions == 0 {
+            return Err("keep_versions must be at least 1".into());
+        }
+        let max_connections = args
+            .max_connections
+            .or(file.max_connections)
+            .unwrap_or(1024);
+        if max_connections == 0 {
+            return Err("max_connections must be at least 1".into());
+        }
+        let assets_dir = args.assets_dir.or(file.assets_dir).or_else(|| {
+            let default = Path::new(DEFAULT_ASSETS_DIR);
+            default.is_dir().then(|| default.to_path_buf())
+        });
+        Ok(Config {
+            socket: args
+                .socket
+                .or(file.socket)
+                .unwrap_or_else(memseal_proto::paths::builtin_socket_path),
+            keep_versions: keep_versions as usize,
+            max_asset_size,
+            max_total_bytes,
+            max_connections,
+            assets_dir,
+            policy: file.policy,
+            handshake_timeout: Duration::from_secs(10),
+            io_timeout: Duration::from_secs(10),
+            shutdown_grace: Duration::from_secs(10),
+        })
+    }
+}
+
+fn read_file(path: &Path) -> Result<FileConfig, String> {
+    let text = std::fs::read_to_string(path)
+        .map_err(|e| format!("cannot read settings file {}: {e}", path.display()))?;
+    toml::from_str(&text).map_err(|e| format!("invalid settings file {}: {e}", path.display()))
+}
+
+/// A quarter of physical memory: memfd pages are charged to the daemon and
+/// cannot be dropped like page cache, so the default leaves most RAM to the
+/// programs that use the assets.
+fn default_total_bytes() -> u64 {
+    let pages = rustix::param::page_size() as u64;
+    let meminfo = std::fs::read_to_string("/proc/meminfo").unwrap_or_default();
+    let total_kib = meminfo
+        .lines()
+        .find_map(|l| l.strip_prefix("MemTotal:"))
+        .and_then(|rest| {
+            rest.trim()
+                .trim_end_matches("kB")
+                .trim()
+                .parse::<u64>()
+                .ok()
+        });
+    match total_kib {
+        Some(kib) => (kib * 1024 / 4) / pages * pages,
+        None => 1 << 30,
+    }
+}
+
+/// Parse `123`, `64K`, `1.5G`... (suffixes are powers of 1024; a trailing
+/// `B` or `iB` is allowed).
+pub fn parse_size(text: &str) -> Result<u64, String> {
+    let trimmed = text.trim();
+    let upper = trimmed.to_ascii_uppercase();
+    let without_b = upper
+        .strip_suffix("IB")
+        .or_else(|| upper.strip_suffix('B'))
+        .unwrap_or(&upper);
+    let (digits, shift) = match without_b.chars().last() {
+        Some('K') => (&without_b[..without_b.len() - 1], 10),
+        Some('M') => (&without_b[..without_b.len() - 1], 20),
+        Some('G') => (&without_b[..without_b.len() - 1], 30),
+        Some('T') => (&without_b[..without_b.len() - 1], 40),
+        _ => (without_b, 0),
+    };
+    let invalid = || format!("'{trimmed}' is not a size (examples: 4096, 64K, 1.5G)");
+    let value: f64 = digits.trim().parse().map_err(|_| invalid())?;
+    if !value.is_finite() || value < 0.0 {
+        return Err(invalid());
+    }
+    let bytes = value * (1u64 << shift) as f64;
+    if bytes > u64::MAX as f64 {
+        return Err(invalid());
+    }
+    Ok(bytes as u64)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sizes() {
+        assert_eq!(parse_size("4096"), Ok(4096));
+        assert_eq!(parse_size("64K"), Ok(64 << 10));
+        assert_eq!(parse_size("64KiB"), Ok(64 << 10));
+        assert_eq!(parse_size("1.5G"), Ok(3 << 29));
+        assert_eq!(parse_size("2t"), Ok(2 << 40));
+        assert!(parse_size("lots").is_err());
+        assert!(parse_size("-1").is_err());
+        assert!(parse_size("").is_err());
+    }
+
+    #[test]
+    fn file_settings_are_parsed_and_flags_win() {
+        let dir = std::env::temp_dir().join(format!("memseal-config-test-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("memseald.toml");
+        std::fs::write(
+            &path,
+            "keep_versions = 3\nmax_total_bytes = \"2G\"\nmax_asset_size = 1048576\n\
+             [policy]\npublisher_groups = [\"staff\"]\n",
+        )
+        .unwrap();
+        let args = Args::parse_from([
+            "memseald",
+            "--config",
+            path.to_str().unwrap(),
+            "--keep-versions",
+            "5",
+        ]);
+        let config = Config::resolve(args).unwrap();
+        assert_eq!(config.keep_versions, 5);
+        assert_eq!(config.max_total_bytes, 2 << 30);
+        assert_eq!(config.max_asset_size, 1 << 20);
+        assert_eq!(config.policy.publisher_groups, ["staff"]);
+        assert_eq!(config.policy.user_prefix, "user/{uid}/");
+
+        std::fs::write(&path, "bogus = 1\n").unwrap();
+        let args = Args::parse_from(["memseald", "--config", path.to_str().unwrap()]);
+        let err = Config::resolve(args).unwrap_err();
+        assert!(err.contains("bogus"), "{err}");
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+}

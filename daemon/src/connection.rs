@@ -1,0 +1,471 @@
+//! One client connection: handshake, then requests one at a time.
+//!
+//! Reading goes through [`memseal_proto::wire::FrameReader`] on the
+//! non-blocking socket, so descriptors are received with
+//! `MSG_CMSG_CLOEXEC`, counted, and closed unless the request calls for
+//! them. Every wait has a deadline: the handshake, each frame once its first
+//! byte arrived, each gap in an upload, and each reply. A peer that misses
+//! one is dropped; only the wait for the *next* request is unbounded, since
+//! clients keep connections open to fetch fast.
+//!
+//! Replies that carry a descriptor are held back while the peer has too
+//! much unread data queued: descriptors in flight count against the
+//! daemon's RLIMIT_NOFILE, and a client that asks without reading must not
+//! be able to exhaust it for everyone else.
+
+use crate::blob::{self, StreamIngest};
+use crate::catalog::CatalogError;
+use crate::config::Config;
+use crate::policy::{Peer, Write};
+use crate::store::Store;
+use crate::sys;
+use memseal_proto::codec::{decode_request, encode_response};
+use memseal_proto::name::{validate_name, validate_prefix};
+use memseal_proto::wire::{recv_raw, FrameReader, FrameWriter, RawFrame};
+use memseal_proto::{
+    ErrorCode, FrameError, Limits, PublishSource, Request, Response, Selector, PROTOCOL_VERSION,
+};
+use std::io;
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::io::Interest;
+use tokio::net::UnixStream;
+use tokio::sync::watch;
+use tokio::time::{timeout, Instant};
+use tracing::{debug, info, warn};
+
+/// Names listed per page: a page of the longest names stays well under
+/// the 64 KiB frame cap.
+const LIST_PAGE: usize = 128;
+
+/// Largest read of a streamed upload at once.
+const UPLOAD_CHUNK: usize = 1 << 20;
+
+/// Unread bytes (as the kernel accounts them, per queued message) above
+/// which a reply carrying a descriptor waits for the peer to read.
+const MAX_UNREAD: usize = 256 << 10;
+
+/// Why a connection ended early.
+#[derive(Debug)]
+enum End {
+    /// The peer went away or broke the protocol; an error reply may have
+    /// been sent already.
+    Peer(FrameError),
+    /// A deadline passed.
+    Timeout(&'static str),
+    /// The daemon is shutting down.
+    Shutdown,
+}
+
+impl From<FrameError> for End {
+    fn from(e: FrameError) -> Self {
+        End::Peer(e)
+    }
+}
+
+impl From<io::Error> for End {
+    fn from(e: io::Error) -> Self {
+        End::Peer(FrameError::Io(e))
+    }
+}
+
+pub struct Connection {
+    stream: UnixStream,
+    reader: FrameReader,
+    peer: Peer,
+    store: Arc<Store>,
+    config: Arc<Config>,
+    shutdown: watch::Receiver<bool>,
+}
+
+impl Connection {
+    pub fn new(
+        stream: UnixStream,
+        peer: Peer,
+        store: Arc<Store>,
+        config: Arc<Config>,
+        shutdown: watch::Receiver<bool>,
+    ) -> Self {
+        Connection {
+            stream,
+            reader: FrameReader::new(),
+            peer,
+            store,
+            config,
+            shutdown,
+        }
+    }
+
+    /// Serve the connection until the peer leaves, misbehaves or the daemon
+    /// stops. Never fails: problems are logged and end this connection only.
+    pub async fn run(mut self) {
+        match self.serve().await {
+            Ok(()) | Err(End::Peer(FrameError::Closed)) | Err(End::Shutdown) => {
+                debug!(peer = %self.peer, "connection closed")
+            }
+            Err(End::Timeout(what)) => info!(peer = %self.peer, "dropping client: {what}"),
+            Err(End::Peer(e)) => info!(peer = %self.peer, "dropping client: {e}"),
+        }
+    }
+
+    async fn serve(&mut self) -> Result<(), End> {
+        self.handshake().await?;
+        loop {
+            let frame = match self.next_frame(None).await {
+                Ok(frame) => frame,
+                Err(End::Peer(e)) => return Err(self.protocol_error(e).await),
+                Err(other) => return Err(other),
+            };
+            let request = match decode_request(&frame.payload, frame.fds) {
+                Ok(decoded) => decoded,
+                Err(e) => return Err(self.protocol_error(e).await),
+            };
+            self.handle(request.message, request.fd).await?;
+        }
+    }
+
+    async fn handshake(&mut self) -> Result<(), End> {
+        let deadline = Instant::now() + self.config.handshake_timeout;
+        let frame = match self.next_frame(Some(deadline)).await {
+            Ok(frame) => frame,
+            Err(End::Peer(e)) => return Err(self.protocol_error(e).await),
+            Err(other) => return Err(other),
+        };
+        let hello = decode_request(&frame.payload, frame.fds);
+        let (version, client) = match hello {
+            Ok(decoded) => match decoded.message {
+                Request::Hello { version, client } => (version, client),
+                other => {
+                    let e = FrameError::Decode(format!(
+                        "expected a hello first, got a '{}' request",
+                        other.kind()
+                    ));
+                    return Err(self.protocol_error(e).await);
+                }
+            },
+            Err(e) => return Err(self.protocol_error(e).await),
+        };
+        if version != PROTOCOL_VERSION {
+            let message = format!(
+                "this daemon speaks memseal protocol version {PROTOCOL_VERSION} only; the client asked for version {version}"
+            );
+            self.reply(
+                Response::error(ErrorCode::UnsupportedVersion, message.clone()),
+                None,
+            )
+            .await?;
+            return Err(End::Peer(FrameError::Decode(message)));
+        }
+        debug!(peer = %self.peer, client = %client.escape_debug(), "handshake");
+        let budget = self.store.budget();
+        let welcome = Response::Welcome {
+            version: PROTOCOL_VERSION,
+            server: crate::store::server_name(),
+            limits: Limits {
+                max_frame_len: memseal_proto::MAX_FRAME_LEN,
+                max_asset_size: budget.max_asset_size,
+                max_total_bytes: budget.max_total_bytes,
+                max_name_len: memseal_proto::name::MAX_NAME_LEN as u32,
+                keep_versions: budget.keep_versions as u32,
+            },
+        };
+        self.reply(welcome, None).await
+    }
+
+    /// Tell the peer why it is being dropped (best effort) and end.
+    async fn protocol_error(&mut self, error: FrameError) -> End {
+        if !matches!(
+            error,
+            FrameError::Closed | FrameError::Truncated { .. } | FrameError::Io(_)
+        ) {
+            let reply = Response::error(ErrorCode::ProtocolError, error.to_string());
+            let _ = timeout(Duration::from_secs(1), self.reply(reply, None)).await;
+        }
+        End::Peer(error)
+    }
+
+    /// Wait for the next frame. Before its first byte, wait until
+    /// `idle_deadline` (forever if None) or shutdown; after it, at most the
+    /// I/O timeout for the rest.
+    async fn next_frame(&mut self, idle_deadline: Option<Instant>) -> Result<RawFrame, End> {
+        let mut frame_deadline = None;
+        loop {
+            if self.reader.in_frame() && frame_deadline.is_none() {
+                frame_deadline = Some(Instant::now() + self.config.io_timeout);
+            }
+            let deadline = frame_deadline.or(idle_deadline);
+            let stream = &self.stream;
+            let reader = &mut self.reader;
+            let shutdown = &mut self.shutdown;
+            let ready = async {
+                match deadline {
+                    Some(at) => tokio::time::timeout_at(at, stream.readable())
+                        .await
+                        .map_err(|_| End::Timeout("request not received in time"))?,
+                    None => stream.readable().await,
+                }
+                .map_err(End::from)
+            };
+            if frame_deadline.is_some() {
+                ready.await?;
+            } else {
+                tokio::select! {
+                    result = ready => result?,
+                    _ = shutdown.wait_for(|stop| *stop) => return Err(End::Shutdown),
+                }
+            }
+            let step = stream.try_io(Interest::READABLE, || {
+                match reader.read_step(stream.as_fd()) {
+                    Err(FrameError::Io(e)) => Err(e),
+                    other => Ok(other),
+                }
+            });
+            match step {
+                Ok(Ok(Some(frame))) => return Ok(frame),
+                Ok(Ok(None)) => {}
+                Ok(Err(e)) => return Err(End::Peer(e)),
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+                Err(e) => return Err(End::from(e)),
+            }
+        }
+    }
+
+    /// Send one response, its descriptor (if any) on the first byte.
+    async fn reply(&self, response: Response, fd: Option<BorrowedFd<'_>>) -> Result<(), End> {
+        let frame = encode_response(&response)?;
+        if fd.is_some() {
+            self.wait_for_reader().await?;
+        }
+        let mut writer = FrameWriter::new(frame, fd);
+        let deadline = Instant::now() + self.config.io_timeout;
+        while !writer.is_done() {
+            tokio::time::timeout_at(deadline, self.stream.writable())
+                .await
+                .map_err(|_| End::Timeout("client does not read its replies"))??;
+            match self
+                .stream
+                .try_io(Interest::WRITABLE, || writer.write_step(&self.stream))
+            {
+                Ok(()) => {}
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+                Err(e) => return Err(End::from(e)),
+            }
+        }
+        Ok(())
+    }
+
+    /// Hold a descriptor reply back while the peer sits on unread replies.
+    async fn wait_for_reader(&self) -> Result<(), End> {
+        let deadline = Instant::now() + self.config.io_timeout;
+        loop {
+            let unread = sys::unread_bytes(self.stream.as_fd())?;
+            if unread <= MAX_UNREAD {
+                return Ok(());
+            }
+            if Instant::now() >= deadline {
+                return Err(End::Timeout(
+                    "client left too many replies with descriptors unread",
+                ));
+            }
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    }
+
+    async fn reply_error(&self, error: CatalogError) -> Result<(), End> {
+        self.reply(Response::error(error.code, error.message), None)
+            .await
+    }
+
+    async fn handle(&mut self, request: Request, fd: Option<OwnedFd>) -> Result<(), End> {
+        match request {
+            Request::Hello { .. } => {
+                let e = FrameError::Decode("hello sent twice".into());
+                Err(self.protocol_error(e).await)
+            }
+            Request::Publish { name, size, source } => self.publish(name, size, source, fd).await,
+            Request::Fetch { name, selector } => self.fetch(&name, selector).await,
+            Request::Stat { name, selector } => {
+                let reply = match self.store.stat(&name, selector) {
+                    Ok(info) => Response::Info(info),
+                    Err(e) => Response::error(e.code, e.message),
+                };
+                self.reply(reply, None).await
+            }
+            Request::List {
+                prefix,
+                start_after,
+            } => {
+                if let Err(e) = validate_prefix(&prefix) {
+                    return self
+                        .reply(
+                            Response::error(ErrorCode::InvalidName, format!("invalid prefix: {e}")),
+                            None,
+                        )
+                        .await;
+                }
+                let (assets, next) = self.store.list(&prefix, start_after.as_deref(), LIST_PAGE);
+                self.reply(Response::Listing { assets, next }, None).await
+            }
+            Request::Remove { name, version } => {
+                if let Err(reply) = self.check_write(Write::Remove, &name) {
+                    return self.reply(reply, None).await;
+                }
+                let reply = match self.store.remove(&name, version) {
+                    Ok(versions) => {
+                        info!(peer = %self.peer, name, ?version, "removed");
+                        Response::Removed { versions }
+                    }
+                    Err(e) => Response::error(e.code, e.message),
+                };
+                self.reply(reply, None).await
+            }
+            Request::Status => {
+                self.reply(Response::Status(self.store.status()), None)
+                    .await
+            }
+        }
+    }
+
+    /// Name rules and access policy for a write; the error is the reply.
+    fn check_write(&self, action: Write, name: &str) -> Result<(), Response> {
+        validate_name(name)
+            .map_err(|e| Response::error(ErrorCode::InvalidName, format!("invalid name: {e}")))?;
+        self.store
+            .policy()
+            .check_write(&self.peer, action, name)
+            .map_err(|why| {
+                info!(peer = %self.peer, name, "denied: {why}");
+                Response::error(ErrorCode::PermissionDenied, why)
+            })
+    }
+
+    async fn fetch(&self, name: &str, selector: Selector) -> Result<(), End> {
+        match self.store.fetch(name, selector) {
+            Ok((info, blob)) => {
+                // `blob` keeps the memfd open until the reply is sent, even if
+                // the version is removed meanwhile.
+                self.reply(Response::Asset(info), Some(blob.fd())).await
+            }
+            Err(e) => self.reply_error(e).await,
+        }
+    }
+
+    async fn publish(
+        &mut self,
+        name: String,
+        size: u64,
+        source: PublishSource,
+        fd: Option<OwnedFd>,
+    ) -> Result<(), End> {
+        if let Err(reply) = self.check_write(Write::Publish, &name) {
+            return self.reply(reply, None).await;
+        }
+        let reservation = match self.store.reserve(size) {
+            Ok(r) => r,
+            // A streamed publish is refused before the client was told to
+            // send, so there is nothing to drain.
+            Err(e) => return self.reply_error(e).await,
+        };
+        let started = std::time::Instant::now();
+        let outcome = match (source, fd) {
+            (PublishSource::Stream, None) => self.receive_stream(size).await?,
+            (PublishSource::Descriptor, Some(fd)) => {
+                match tokio::task::spawn_blocking(move || blob::from_descriptor(fd, size)).await {
+                    Ok(Ok((blob, how))) => {
+                        debug!(?how, "descriptor ingested");
+                        Ok(blob)
+                    }
+                    Ok(Err(e)) => Err(Response::error(ErrorCode::InvalidSource, e.to_string())),
+                    Err(e) => Err(Response::error(
+                        ErrorCode::Internal,
+                        format!("ingest failed: {e}"),
+                    )),
+                }
+            }
+            // decode_request guarantees the descriptor matches the source.
+            _ => Err(Response::error(
+                ErrorCode::ProtocolError,
+                "descriptor mismatch",
+            )),
+        };
+        match outcome {
+            Ok(blob) => {
+                let info = self.store.publish(reservation, &name, blob, self.peer.uid);
+                info!(
+                    peer = %self.peer,
+                    name = %info.name,
+                    version = info.version,
+                    size = info.size,
+                    hash = %&memseal_proto::message::hash_to_hex(&info.hash)[..16],
+                    elapsed_ms = started.elapsed().as_millis() as u64,
+                    "published"
+                );
+                self.reply(Response::Published(info), None).await
+            }
+            Err(reply) => {
+                drop(reservation);
+                self.reply(reply, None).await
+            }
+        }
+    }
+
+    /// Receive a streamed upload into a new memfd. The outer error ends the
+    /// connection (the peer stalled or vanished: the partial memfd is
+    /// dropped with `ingest`); the inner one is a reply.
+    async fn receive_stream(&mut self, size: u64) -> Result<Result<blob::Blob, Response>, End> {
+        let mut ingest = match StreamIngest::new(size) {
+            Ok(ingest) => ingest,
+            Err(e) => {
+                let message = format!("cannot create a memfd of {size} bytes: {e}");
+                warn!("{message}");
+                return Ok(Err(Response::error(ErrorCode::Internal, message)));
+            }
+        };
+        self.reply(Response::Continue, None).await?;
+        let mut buffer = vec![0u8; (size as usize).clamp(1, UPLOAD_CHUNK)];
+        while ingest.remaining() > 0 {
+            let want = (ingest.remaining() as usize).min(buffer.len());
+            let got = self.read_raw(&mut buffer[..want]).await?;
+            if let Err(e) = ingest.write(&buffer[..got]) {
+                return Err(End::Peer(FrameError::Io(e)));
+            }
+        }
+        match ingest.finish() {
+            Ok(blob) => Ok(Ok(blob)),
+            Err(e) => {
+                let message = format!("cannot seal the new asset: {e}");
+                warn!("{message}");
+                Ok(Err(Response::error(ErrorCode::Internal, message)))
+            }
+        }
+    }
+
+    /// Read some raw upload bytes, waiting at most the I/O timeout.
+    async fn read_raw(&self, buffer: &mut [u8]) -> Result<usize, End> {
+        let deadline = Instant::now() + self.config.io_timeout;
+        loop {
+            tokio::time::timeout_at(deadline, self.stream.readable())
+                .await
+                .map_err(|_| End::Timeout("upload stalled"))??;
+            let step = self.stream.try_io(Interest::READABLE, || {
+                match recv_raw(self.stream.as_fd(), buffer) {
+                    Err(FrameError::Io(e)) => Err(e),
+                    other => Ok(other),
+                }
+            });
+            match step {
+                Ok(Ok(0)) => {
+                    return Err(End::Peer(FrameError::Truncated {
+                        received: 0,
+                        expected: buffer.len(),
+                    }))
+                }
+                Ok(Ok(n)) => return Ok(n),
+                Ok(Err(e)) => return Err(End::Peer(e)),
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+                Err(e) => return Err(End::from(e)),
+            }
+        }
+    }
+}

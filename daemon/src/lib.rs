@@ -1,0 +1,135 @@
+//! memseald: the daemon that keeps immutable assets in sealed memfds and
+//! hands out read-only descriptors to them.
+//!
+//! # Layout
+//!
+//! - [`config`]: flags, settings file and defaults.
+//! - [`listener`]: the listening socket, inherited from systemd or bound here.
+//! - [`server`]: the accept loop, connection limit and graceful shutdown.
+//! - [`connection`]: one client: handshake, requests, deadlines.
+//! - [`store`]: the state connections share (catalog, policy, counters).
+//! - [`catalog`]: names, versions, deduplicated blobs and the byte budget.
+//! - [`blob`]: making sealed memfds from uploads, files and adopted memfds.
+//! - [`policy`]: who may publish and remove which names.
+//! - [`notify`]: readiness, status and watchdog for the service manager.
+//! - [`sys`]: the few `unsafe` system calls, each behind a safe function.
+//!
+//! # The path of a publish
+//!
+//! The client sends `Publish`; [`connection`] checks the name and the
+//! [`policy`], reserves the size in the [`catalog`]'s budget (refusing
+//! before anything is allocated), then fills a fresh memfd from the socket
+//! or copies the client's file kernel-side ([`blob`]). The memfd is set to
+//! mode 0444 and sealed with WRITE, GROW, SHRINK and SEAL; the daemon
+//! hashes it itself; only then does [`store`] insert it into the catalog,
+//! sharing the memfd of identical content, and the new version becomes
+//! visible. A publisher that vanishes before that leaves nothing behind.
+//!
+//! # The path of a fetch
+//!
+//! The client sends `Fetch`; the catalog finds the version; the connection
+//! sends its read-only memfd as `SCM_RIGHTS` on the reply's first byte. The
+//! client library checks the seals before mapping. The daemon copies no
+//! byte of the asset: a fetch costs the same for 4 KiB and 4 GiB.
+
+pub mod blob;
+pub mod catalog;
+pub mod config;
+pub mod connection;
+pub mod listener;
+pub mod notify;
+pub mod policy;
+pub mod server;
+pub mod store;
+pub mod sys;
+
+use catalog::Budget;
+use config::Config;
+use policy::Policy;
+use std::sync::Arc;
+use store::Store;
+use tracing::{info, warn};
+
+/// Run the daemon until SIGTERM or SIGINT. Errors are fatal start-up
+/// problems, worded for the person who started it.
+pub fn run(config: Config) -> Result<(), String> {
+    raise_descriptor_limit();
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .thread_name("memseald")
+        .build()
+        .map_err(|e| format!("cannot start the async runtime: {e}"))?;
+    runtime.block_on(serve(config))
+}
+
+async fn serve(config: Config) -> Result<(), String> {
+    let listening = listener::listen(&config.socket)?;
+    let (policy, warnings) = Policy::from_config(&config.policy);
+    for warning in warnings {
+        warn!("policy: {warning}");
+    }
+    let store = Store::new(
+        Budget {
+            max_asset_size: config.max_asset_size,
+            max_total_bytes: config.max_total_bytes,
+            keep_versions: config.keep_versions,
+        },
+        policy,
+    );
+    if !listening.stored.is_empty() {
+        warn!(
+            count = listening.stored.len(),
+            "ignoring descriptors from the service manager that are not the listening socket"
+        );
+    }
+    let listener = tokio::net::UnixListener::from_std(listening.listener)
+        .map_err(|e| format!("cannot register the listening socket: {e}"))?;
+    let config = Arc::new(config);
+    match &listening.owned_path {
+        Some(path) => info!(socket = %path.display(), "listening"),
+        None => info!("listening on the socket passed by the service manager"),
+    }
+    info!(
+        max_asset_size = config.max_asset_size,
+        max_total_bytes = config.max_total_bytes,
+        keep_versions = config.keep_versions,
+        max_connections = config.max_connections,
+        "ready"
+    );
+    notify::ready(&store);
+    notify::spawn_heartbeat(store.clone());
+    server::serve(listener, store.clone(), config.clone(), stop_signal()).await;
+    notify::stopping();
+    if let Some(path) = &listening.owned_path {
+        if let Err(e) = std::fs::remove_file(path) {
+            warn!("cannot remove the socket {}: {e}", path.display());
+        }
+    }
+    info!("stopped");
+    Ok(())
+}
+
+/// Resolves on the first SIGTERM or SIGINT.
+async fn stop_signal() {
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut term = signal(SignalKind::terminate()).expect("SIGTERM handler");
+    let mut int = signal(SignalKind::interrupt()).expect("SIGINT handler");
+    tokio::select! {
+        _ = term.recv() => info!("SIGTERM received"),
+        _ = int.recv() => info!("SIGINT received"),
+    }
+}
+
+/// Descriptors are the daemon's main resource: one per distinct asset, one
+/// per connection, and one per reply in flight. Raise the soft limit to
+/// the hard one; where that is forbidden (a seccomp filter), keep going.
+fn raise_descriptor_limit() {
+    use rustix::process::{getrlimit, setrlimit, Resource};
+    let mut limit = getrlimit(Resource::Nofile);
+    if limit.current < limit.maximum {
+        limit.current = limit.maximum;
+        if let Err(e) = setrlimit(Resource::Nofile, limit) {
+            eprintln!("memseald: cannot raise the descriptor limit: {e}");
+        }
+    }
+}

@@ -1,0 +1,221 @@
+//! The shared state every connection works on: the catalog behind its
+//! lock, the access policy, and counters.
+//!
+//! Connection tasks never touch the catalog directly; they call these
+//! methods, which keep each critical section short and hand every change
+//! to the observers (the persistence layer) after the lock is released.
+
+use crate::blob::Blob;
+use crate::catalog::{Budget, Catalog, CatalogError, Change, Totals};
+use crate::policy::Policy;
+use memseal_proto::{AssetInfo, Selector, ServerStatus};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, RwLock};
+use std::time::{Instant, SystemTime, UNIX_EPOCH};
+
+/// Called with every batch of catalog changes, in order, outside the lock.
+pub type Observer = Box<dyn Fn(&Store, &[Change]) + Send + Sync>;
+
+pub struct Store {
+    catalog: Mutex<Catalog>,
+    policy: RwLock<Arc<Policy>>,
+    observers: RwLock<Vec<Observer>>,
+    started: Instant,
+    connections: AtomicU64,
+    /// Serialises observer calls so batches are seen in catalog order.
+    observe_order: Mutex<()>,
+}
+
+impl Store {
+    pub fn new(budget: Budget, policy: Policy) -> Arc<Store> {
+        Arc::new(Store {
+            catalog: Mutex::new(Catalog::new(budget)),
+            policy: RwLock::new(Arc::new(policy)),
+            observers: RwLock::new(Vec::new()),
+            started: Instant::now(),
+            connections: AtomicU64::new(0),
+            observe_order: Mutex::new(()),
+        })
+    }
+
+    /// Register a function that sees every later change.
+    pub fn observe(&self, observer: Observer) {
+        self.observers
+            .write()
+            .expect("observer lock")
+            .push(observer);
+    }
+
+    fn catalog(&self) -> MutexGuard<'_, Catalog> {
+        // A panic while holding the lock would leave a poisoned mutex; the
+        // catalog's methods keep it consistent at every return, so keep
+        // serving rather than take the whole daemon down.
+        self.catalog.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Run `f` on the catalog, then tell the observers what changed. The
+    /// order lock is taken before the catalog lock and held while the
+    /// observers run, so they see batches in the order they happened.
+    fn change<T>(&self, f: impl FnOnce(&mut Catalog) -> (T, Vec<Change>)) -> T {
+        let _order = self.observe_order.lock().unwrap_or_else(|e| e.into_inner());
+        let (value, changes) = f(&mut self.catalog());
+        if !changes.is_empty() {
+            for observer in self.observers.read().expect("observer lock").iter() {
+                observer(self, &changes);
+            }
+        }
+        value
+    }
+
+    pub fn policy(&self) -> Arc<Policy> {
+        self.policy.read().expect("policy lock").clone()
+    }
+
+    pub fn set_policy(&self, policy: Policy) {
+        *self.policy.write().expect("policy lock") = Arc::new(policy);
+    }
+
+    pub fn budget(&self) -> Budget {
+        *self.catalog().budget()
+    }
+
+    /// Reserve room for a publish of `size` bytes; released when the
+    /// returned guard is dropped without being used.
+    pub fn reserve(self: &Arc<Self>, size: u64) -> Result<Reservation, CatalogError> {
+        self.catalog().reserve(size)?;
+        Ok(Reservation {
+            store: self.clone(),
+            size,
+        })
+    }
+
+    /// Make `blob` visible as the next version of `name`.
+    pub fn publish(&self, reservation: Reservation, name: &str, blob: Blob, uid: u32) -> AssetInfo {
+        assert_eq!(
+            reservation.size,
+            blob.size(),
+            "reservation matches the blob"
+        );
+        // The catalog takes the reservation over inside `publish`.
+        std::mem::forget(reservation);
+        self.change(|catalog| catalog.publish(name, blob, uid, now_ms()))
+    }
+
+    /// Restore persisted state without notifying observers of "new" blobs
+    /// (they already hold them).
+    pub fn with_catalog<T>(&self, f: impl FnOnce(&mut Catalog) -> T) -> T {
+        f(&mut self.catalog())
+    }
+
+    pub fn fetch(
+        &self,
+        name: &str,
+        selector: Selector,
+    ) -> Result<(AssetInfo, Arc<Blob>), CatalogError> {
+        let catalog = self.catalog();
+        let version = catalog.find(name, selector)?;
+        Ok((version.info.clone(), version.blob.clone()))
+    }
+
+    pub fn stat(&self, name: &str, selector: Selector) -> Result<AssetInfo, CatalogError> {
+        Ok(self.catalog().find(name, selector)?.info.clone())
+    }
+
+    pub fn list(
+        &self,
+        prefix: &str,
+        start_after: Option<&str>,
+        limit: usize,
+    ) -> (Vec<AssetInfo>, Option<String>) {
+        self.catalog().list(prefix, start_after, limit)
+    }
+
+    pub fn remove(&self, name: &str, version: Option<u64>) -> Result<u64, CatalogError> {
+        self.change(|catalog| match catalog.remove(name, version) {
+            Ok((count, changes)) => (Ok(count), changes),
+            Err(e) => (Err(e), Vec::new()),
+        })
+    }
+
+    pub fn totals(&self) -> Totals {
+        self.catalog().totals()
+    }
+
+    pub fn connection_opened(&self) {
+        self.connections.fetch_add(1, Ordering::Relaxed);
+    }
+
+    pub fn connection_closed(&self) {
+        self.connections.fetch_sub(1, Ordering::Relaxed);
+    }
+
+    pub fn connections(&self) -> u64 {
+        self.connections.load(Ordering::Relaxed)
+    }
+
+    pub fn status(&self) -> ServerStatus {
+        let totals = self.totals();
+        ServerStatus {
+            server: server_name(),
+            uptime_ms: self.started.elapsed().as_millis() as u64,
+            names: totals.names,
+            versions: totals.versions,
+            blobs: totals.blobs,
+            bytes: totals.bytes,
+            connections: self.connections(),
+        }
+    }
+
+    /// A one-line summary for the service manager's STATUS= and logs.
+    pub fn summary(&self) -> String {
+        let totals = self.totals();
+        format!(
+            "serving {} asset(s), {} version(s), {} in {} blob(s); {} connection(s)",
+            totals.names,
+            totals.versions,
+            human_bytes(totals.bytes),
+            totals.blobs,
+            self.connections()
+        )
+    }
+}
+
+/// Budget promised to a publish in progress.
+pub struct Reservation {
+    store: Arc<Store>,
+    size: u64,
+}
+
+impl Drop for Reservation {
+    fn drop(&mut self) {
+        self.store.catalog().release(self.size);
+    }
+}
+
+/// "memseald <version>", as announced in the handshake.
+pub fn server_name() -> String {
+    format!("memseald {}", env!("CARGO_PKG_VERSION"))
+}
+
+pub fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}
+
+/// 1536 -> "1.5 KiB".
+pub fn human_bytes(bytes: u64) -> String {
+    const UNITS: [&str; 6] = ["B", "KiB", "MiB", "GiB", "TiB", "PiB"];
+    let mut value = bytes as f64;
+    let mut unit = 0;
+    while value >= 1024.0 && unit + 1 < UNITS.len() {
+        value /= 1024.0;
+        unit += 1;
+    }
+    if unit == 0 {
+        format!("{bytes} B")
+    } else {
+        format!("{value:.1} {}", UNITS[unit])
+    }
+}

@@ -1,0 +1,114 @@
+//! The daemon's only `unsafe` code: a read-only mapping used to hash a
+//! sealed memfd, two socket queries that rustix does not wrap, and taking
+//! ownership of descriptors the service manager passed.
+//!
+//! Each function is a small safe wrapper; callers never see a raw pointer.
+
+use memseal_proto::Hash;
+use rustix::mm::{mmap, munmap, Advice, MapFlags, ProtFlags};
+use std::io;
+use std::os::fd::{AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
+
+/// BLAKE3 of the first `size` bytes of `fd`, read through a private
+/// read-only mapping (no copy into a buffer).
+///
+/// The caller guarantees that `fd` is sealed against writing and shrinking
+/// and is at least `size` bytes long; the memfds the daemon hashes are
+/// sealed before they are hashed.
+pub fn hash_sealed(fd: BorrowedFd<'_>, size: u64) -> io::Result<Hash> {
+    if size == 0 {
+        return Ok(*blake3::hash(&[]).as_bytes());
+    }
+    let len = usize::try_from(size).map_err(|_| io::Error::from(io::ErrorKind::FileTooLarge))?;
+    // SAFETY: a fresh mapping chosen by the kernel (null hint) cannot alias
+    // any Rust object. `len` does not exceed the file size, which the seals
+    // freeze, so no page of the mapping can SIGBUS.
+    let ptr = unsafe {
+        mmap(
+            std::ptr::null_mut(),
+            len,
+            ProtFlags::READ,
+            MapFlags::PRIVATE,
+            fd,
+            0,
+        )?
+    };
+    // SAFETY: `ptr..ptr+len` is the mapping made just above; advice only
+    // changes read-ahead, never contents.
+    let _ = unsafe { rustix::mm::madvise(ptr, len, Advice::Sequential) };
+    // SAFETY: the mapping is readable for `len` bytes and lives until the
+    // munmap below; the seals guarantee that no process can change its
+    // bytes, so a shared reference to them is sound for that whole time.
+    let bytes = unsafe { std::slice::from_raw_parts(ptr.cast::<u8>(), len) };
+    let hash = hash_bytes(bytes);
+    // SAFETY: unmaps exactly the mapping created above; `bytes` is not used
+    // after this point.
+    unsafe { munmap(ptr, len)? };
+    Ok(hash)
+}
+
+/// BLAKE3 of a byte slice, multi-threaded above the size where threads pay off.
+pub fn hash_bytes(bytes: &[u8]) -> Hash {
+    let mut hasher = blake3::Hasher::new();
+    hasher.update(bytes);
+    *hasher.finalize().as_bytes()
+}
+
+/// The supplementary groups of a Unix socket's peer (`SO_PEERGROUPS`), as
+/// they were when it connected.
+pub fn peer_groups(socket: BorrowedFd<'_>) -> io::Result<Vec<u32>> {
+    let mut groups: Vec<libc::gid_t> = vec![0; 64];
+    loop {
+        let mut len = (groups.len() * std::mem::size_of::<libc::gid_t>()) as libc::socklen_t;
+        // SAFETY: `groups` is a writable buffer of exactly `len` bytes and
+        // `len` is a valid in/out length for getsockopt.
+        let rc = unsafe {
+            libc::getsockopt(
+                socket.as_raw_fd(),
+                libc::SOL_SOCKET,
+                libc::SO_PEERGROUPS,
+                groups.as_mut_ptr().cast(),
+                &mut len,
+            )
+        };
+        let count = len as usize / std::mem::size_of::<libc::gid_t>();
+        if rc == 0 {
+            groups.truncate(count);
+            return Ok(groups);
+        }
+        let err = io::Error::last_os_error();
+        // ERANGE: the buffer was too small and `len` now holds the size needed.
+        if err.raw_os_error() == Some(libc::ERANGE) && count > groups.len() {
+            groups.resize(count, 0);
+            continue;
+        }
+        return Err(err);
+    }
+}
+
+/// Bytes sent on a Unix stream socket that the peer has not read yet
+/// (`SIOCOUTQ`). Replies a stalled client never reads pile up here, and
+/// with them the descriptors they carry.
+pub fn unread_bytes(socket: BorrowedFd<'_>) -> io::Result<usize> {
+    let mut pending: libc::c_int = 0;
+    // SAFETY: SIOCOUTQ writes one c_int through the pointer, which points
+    // to a live, writable c_int.
+    let rc = unsafe { libc::ioctl(socket.as_raw_fd(), libc::TIOCOUTQ, &mut pending) };
+    if rc < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(pending.max(0) as usize)
+}
+
+/// Take ownership of a descriptor number passed by the service manager in
+/// `LISTEN_FDS`.
+///
+/// Only for the numbers that `sd_notify::listen_fds_with_names` returned,
+/// which checked that LISTEN_PID names this process; call it once per
+/// number.
+pub fn adopt_inherited_fd(raw: RawFd) -> OwnedFd {
+    // SAFETY: the service manager opened these descriptors for this process
+    // (LISTEN_PID matched) and nothing else in the process owns them; the
+    // caller takes each number exactly once, at start-up.
+    unsafe { OwnedFd::from_raw_fd(raw) }
+}

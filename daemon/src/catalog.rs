@@ -196,6 +196,28 @@ impl Catalog {
         (info, changes)
     }
 
+    /// Like [`Catalog::publish`], unless the newest version of `name`
+    /// already has this content: then nothing changes and that version is
+    /// returned with `false`. Declared assets are republished this way on
+    /// every reload without piling up identical versions.
+    pub fn publish_if_changed(
+        &mut self,
+        name: &str,
+        blob: Blob,
+        publisher_uid: u32,
+        published_ms: u64,
+    ) -> ((AssetInfo, bool), Vec<Change>) {
+        if let Ok(latest) = self.find(name, Selector::Latest) {
+            if latest.info.hash == *blob.hash() {
+                let info = latest.info.clone();
+                self.release(blob.size());
+                return ((info, false), Vec::new());
+            }
+        }
+        let (info, changes) = self.publish(name, blob, publisher_uid, published_ms);
+        ((info, true), changes)
+    }
+
     /// Restore a version exactly as it was (after a restart). Refuses a
     /// version older than one already present for the name.
     pub fn restore(&mut self, info: AssetInfo, blob: Arc<Blob>, last_version: u64) -> bool {

@@ -140,6 +140,8 @@ pub struct Config {
     pub max_connections: usize,
     pub assets_dir: Option<PathBuf>,
     pub policy: PolicyConfig,
+    /// The settings file that was read, re-read for its policy on reload.
+    pub config_file: Option<PathBuf>,
     /// How long a client may take to complete the handshake.
     pub handshake_timeout: Duration,
     /// How long a frame, or the gap between two chunks of an upload, may take.
@@ -151,9 +153,12 @@ pub struct Config {
 impl Config {
     /// Combine flags, the settings file and defaults.
     pub fn resolve(args: Args) -> Result<Config, String> {
-        let file = match &args.config {
+        let config_file = match &args.config {
+            Some(path) => Some(path.clone()),
+            None => Some(PathBuf::from(DEFAULT_CONFIG)).filter(|p| p.exists()),
+        };
+        let file = match &config_file {
             Some(path) => read_file(path)?,
-            None if Path::new(DEFAULT_CONFIG).exists() => read_file(Path::new(DEFAULT_CONFIG))?,
             None => FileConfig::default(),
         };
         let max_total_bytes = match (args.max_total_bytes, &file.max_total_bytes) {
@@ -192,11 +197,17 @@ impl Config {
             max_connections,
             assets_dir,
             policy: file.policy,
+            config_file,
             handshake_timeout: Duration::from_secs(10),
             io_timeout: Duration::from_secs(10),
             shutdown_grace: Duration::from_secs(10),
         })
     }
+}
+
+/// Read the access policy again from the settings file (on reload).
+pub fn reread_policy(path: &Path) -> Result<PolicyConfig, String> {
+    Ok(read_file(path)?.policy)
 }
 
 fn read_file(path: &Path) -> Result<FileConfig, String> {

@@ -12,6 +12,9 @@
 //! - [`blob`]: making sealed memfds from uploads, files and adopted memfds.
 //! - [`policy`]: who may publish and remove which names.
 //! - [`notify`]: readiness, status and watchdog for the service manager.
+//! - [`persist`]: the service manager's fd store, so a restart or a crash
+//!   loses no asset.
+//! - [`assets`]: assets declared as files, published at start and on reload.
 //! - [`sys`]: the few `unsafe` system calls, each behind a safe function.
 //!
 //! # The path of a publish
@@ -32,12 +35,14 @@
 //! client library checks the seals before mapping. The daemon copies no
 //! byte of the asset: a fetch costs the same for 4 KiB and 4 GiB.
 
+pub mod assets;
 pub mod blob;
 pub mod catalog;
 pub mod config;
 pub mod connection;
 pub mod listener;
 pub mod notify;
+pub mod persist;
 pub mod policy;
 pub mod server;
 pub mod store;
@@ -76,11 +81,17 @@ async fn serve(config: Config) -> Result<(), String> {
         },
         policy,
     );
-    if !listening.stored.is_empty() {
+    if persist::available() {
+        let (keeper, _) = persist::restore(&store, listening.stored);
+        store.observe(keeper.observer());
+    } else if !listening.stored.is_empty() {
         warn!(
             count = listening.stored.len(),
-            "ignoring descriptors from the service manager that are not the listening socket"
+            "closing descriptors passed without a service manager to keep them"
         );
+    }
+    if let Some(dir) = &config.assets_dir {
+        assets::publish_declared(&store, dir).await;
     }
     let listener = tokio::net::UnixListener::from_std(listening.listener)
         .map_err(|e| format!("cannot register the listening socket: {e}"))?;
@@ -98,6 +109,7 @@ async fn serve(config: Config) -> Result<(), String> {
     );
     notify::ready(&store);
     notify::spawn_heartbeat(store.clone());
+    spawn_reloader(store.clone(), config.clone());
     server::serve(listener, store.clone(), config.clone(), stop_signal()).await;
     notify::stopping();
     if let Some(path) = &listening.owned_path {
@@ -107,6 +119,38 @@ async fn serve(config: Config) -> Result<(), String> {
     }
     info!("stopped");
     Ok(())
+}
+
+/// On SIGHUP: read the access policy again and republish the declared
+/// assets, telling the service manager when the reload starts and ends.
+fn spawn_reloader(store: Arc<Store>, config: Arc<Config>) {
+    use tokio::signal::unix::{signal, SignalKind};
+    let Ok(mut hangup) = signal(SignalKind::hangup()) else {
+        warn!("cannot handle SIGHUP; reloads are disabled");
+        return;
+    };
+    tokio::spawn(async move {
+        while hangup.recv().await.is_some() {
+            info!("SIGHUP received: reloading");
+            notify::reloading();
+            if let Some(path) = &config.config_file {
+                match config::reread_policy(path) {
+                    Ok(policy) => {
+                        let (policy, warnings) = Policy::from_config(&policy);
+                        for warning in warnings {
+                            warn!("policy: {warning}");
+                        }
+                        store.set_policy(policy);
+                    }
+                    Err(e) => warn!("keeping the current policy: {e}"),
+                }
+            }
+            if let Some(dir) = &config.assets_dir {
+                assets::publish_declared(&store, dir).await;
+            }
+            notify::ready(&store);
+        }
+    });
 }
 
 /// Resolves on the first SIGTERM or SIGINT.

@@ -101,6 +101,24 @@ impl Store {
         self.change(|catalog| catalog.publish(name, blob, uid, now_ms()))
     }
 
+    /// Make `blob` the next version of `name` unless the newest version
+    /// already holds the same bytes. True when a version was added.
+    pub fn publish_if_changed(
+        &self,
+        reservation: Reservation,
+        name: &str,
+        blob: Blob,
+        uid: u32,
+    ) -> (AssetInfo, bool) {
+        assert_eq!(
+            reservation.size,
+            blob.size(),
+            "reservation matches the blob"
+        );
+        std::mem::forget(reservation);
+        self.change(|catalog| catalog.publish_if_changed(name, blob, uid, now_ms()))
+    }
+
     /// Restore persisted state without notifying observers of "new" blobs
     /// (they already hold them).
     pub fn with_catalog<T>(&self, f: impl FnOnce(&mut Catalog) -> T) -> T {

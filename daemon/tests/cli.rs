@@ -30,7 +30,10 @@ fn help_documents_flags_environment_and_signals() {
 
 #[test]
 fn bad_settings_are_refused_with_a_clear_message() {
-    let out = memseald().args(["--max-asset-size", "lots"]).output().unwrap();
+    let out = memseald()
+        .args(["--max-asset-size", "lots"])
+        .output()
+        .unwrap();
     assert_eq!(out.status.code(), Some(2));
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("is not a size"), "{err}");
@@ -59,7 +62,10 @@ fn a_live_daemon_keeps_its_socket() {
         .unwrap();
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
     while std::os::unix::net::UnixStream::connect(&socket).is_err() {
-        assert!(std::time::Instant::now() < deadline, "first daemon never served");
+        assert!(
+            std::time::Instant::now() < deadline,
+            "first daemon never served"
+        );
         std::thread::sleep(std::time::Duration::from_millis(10));
     }
     let second = memseald()
@@ -87,7 +93,10 @@ fn a_live_daemon_keeps_its_socket() {
         .unwrap();
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
     while std::os::unix::net::UnixStream::connect(&socket).is_err() {
-        assert!(std::time::Instant::now() < deadline, "daemon did not replace a stale socket");
+        assert!(
+            std::time::Instant::now() < deadline,
+            "daemon did not replace a stale socket"
+        );
         std::thread::sleep(std::time::Duration::from_millis(10));
     }
     third.kill().unwrap();

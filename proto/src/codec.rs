@@ -19,7 +19,7 @@
 //! of allocating.
 
 use crate::error::FrameError;
-use crate::message::{Request, Response};
+use crate::message::{Request, Response, Snapshot};
 use crate::{MAX_FDS_PER_FRAME, MAX_FRAME_LEN};
 use serde::{de::DeserializeOwned, Serialize};
 use std::os::fd::OwnedFd;
@@ -93,6 +93,38 @@ impl std::io::Write for ByteCounter {
     fn flush(&mut self) -> std::io::Result<()> {
         Ok(())
     }
+}
+
+/// The largest catalog snapshot accepted: far above any real catalog
+/// (a million names of 255 bytes), far below anything that could hurt.
+pub const MAX_SNAPSHOT_LEN: usize = 512 << 20;
+
+/// Leading bytes of an encoded snapshot, so a foreign memfd is recognised
+/// before any decoding.
+pub const SNAPSHOT_MAGIC: &[u8; 8] = b"MSEALCAT";
+
+/// Encode a catalog snapshot: [`SNAPSHOT_MAGIC`], then bincode.
+pub fn encode_snapshot(snapshot: &Snapshot) -> Vec<u8> {
+    let mut out = SNAPSHOT_MAGIC.to_vec();
+    bincode::serde::encode_into_std_write(snapshot, &mut out, bincode::config::standard())
+        .expect("encoding into a Vec cannot fail");
+    out
+}
+
+/// Decode a catalog snapshot written by [`encode_snapshot`].
+pub fn decode_snapshot(bytes: &[u8]) -> Result<Snapshot, FrameError> {
+    let body = bytes
+        .strip_prefix(SNAPSHOT_MAGIC)
+        .ok_or_else(|| FrameError::Decode("not a memseal catalog snapshot".into()))?;
+    let config = bincode::config::standard().with_limit::<MAX_SNAPSHOT_LEN>();
+    let (snapshot, used): (Snapshot, usize) = bincode::serde::decode_from_slice(body, config)
+        .map_err(|e| FrameError::Decode(e.to_string()))?;
+    if used != body.len() {
+        return Err(FrameError::TrailingBytes {
+            extra: body.len() - used,
+        });
+    }
+    Ok(snapshot)
 }
 
 /// A decoded message and the descriptor that came with it, if its kind
@@ -248,6 +280,23 @@ mod tests {
             decode_request(&frame[4..], Vec::new()),
             Err(FrameError::TrailingBytes { extra: 1 })
         ));
+    }
+
+    #[test]
+    fn snapshot_round_trip_and_foreign_bytes() {
+        let snapshot = Snapshot {
+            format: 1,
+            generation: 9,
+            names: vec![SnapshotName {
+                name: "a".into(),
+                last_version: 3,
+                versions: vec![],
+            }],
+        };
+        let bytes = encode_snapshot(&snapshot);
+        assert_eq!(decode_snapshot(&bytes).unwrap(), snapshot);
+        assert!(decode_snapshot(b"hello").is_err());
+        assert!(decode_snapshot(&bytes[..bytes.len() - 1]).is_err());
     }
 
     #[test]

@@ -13,7 +13,8 @@
 //! - [`codec`]: the only place that calls bincode. Turns a message into a
 //!   frame (`u32` little-endian length, one byte of descriptor count, the
 //!   bincode payload) and back, refusing any length above the frame cap
-//!   before a byte is allocated for it.
+//!   before a byte is allocated for it. Also encodes the daemon's catalog
+//!   snapshot, which it keeps across restarts.
 //! - [`wire`]: moves frames over a socket. Sending uses `sendmsg` with the
 //!   descriptor attached to the frame's first byte; receiving uses `recvmsg`
 //!   with `MSG_CMSG_CLOEXEC`, never reads past the end of the current frame,
@@ -46,7 +47,7 @@ pub mod wire;
 pub use error::FrameError;
 pub use message::{
     AssetInfo, ErrorCode, ErrorReply, Hash, Limits, PublishSource, Request, Response, Selector,
-    ServerStatus,
+    ServerStatus, Snapshot, SnapshotName,
 };
 
 /// The protocol version this crate speaks. A peer that speaks another one is

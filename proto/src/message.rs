@@ -269,6 +269,29 @@ impl fmt::Display for ErrorCode {
     }
 }
 
+/// The daemon's catalog as it persists it across restarts (in a sealed
+/// memfd kept in the service manager's fd store). Not sent over sockets.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Snapshot {
+    /// Bumped whenever the layout changes; a daemon refuses formats it
+    /// does not know instead of misreading them.
+    pub format: u32,
+    /// Increases with every rewrite; the newest readable one wins.
+    pub generation: u64,
+    pub names: Vec<SnapshotName>,
+}
+
+/// One name in a [`Snapshot`].
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SnapshotName {
+    pub name: String,
+    /// The highest version ever given to the name, kept so numbers are
+    /// never reused even when no version is left.
+    pub last_version: u64,
+    /// Kept versions, oldest first.
+    pub versions: Vec<AssetInfo>,
+}
+
 /// Lower-case hexadecimal of a hash, as the CLI prints it.
 pub fn hash_to_hex(hash: &Hash) -> String {
     use fmt::Write;

@@ -9,11 +9,17 @@
 //!
 //! The tests themselves live in `tests/tests/`, one file per subject.
 
+pub mod fake_systemd;
+
 use std::fs;
 use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::time::{Duration, Instant};
+
+/// Held while spawning a child that must inherit descriptors, so that no
+/// other test's child inherits them by accident.
+pub static SPAWN_LOCK: std::sync::Mutex<()> = std::sync::Mutex::new(());
 
 /// The path of a workspace binary built by cargo (`memseald`, `memseal`).
 pub fn bin(name: &str) -> PathBuf {
@@ -112,7 +118,10 @@ impl Daemon {
         for (key, value) in &builder.env {
             command.env(key, value);
         }
-        let child = command.spawn().expect("spawn memseald");
+        let child = {
+            let _guard = SPAWN_LOCK.lock().unwrap_or_else(|e| e.into_inner());
+            command.spawn().expect("spawn memseald")
+        };
         let mut daemon = Daemon {
             child: Some(child),
             socket,

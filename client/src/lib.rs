@@ -1,0 +1,74 @@
+//! Client library for memseald: share immutable blobs between processes as
+//! plain `&[u8]`, with one copy in RAM and a kernel guarantee that nobody can
+//! change the bytes.
+//!
+//! The daemon keeps every asset in a memfd sealed against writing, growing
+//! and shrinking, and hands each client a descriptor of it. This crate checks
+//! those seals itself before it maps anything, so the slice it returns is
+//! sound in safe Rust even if the daemon were compromised: the worst a
+//! malicious daemon can do is serve wrong bytes, never change them under
+//! a reader.
+//!
+//! ```no_run
+//! use memseal::Client;
+//!
+//! let mut client = Client::connect()?;
+//! let info = client.publish_bytes("greetings/hello.txt", b"hello, world\n")?;
+//! println!("published version {} of {}", info.version, info.name);
+//!
+//! let asset = client.fetch("greetings/hello.txt")?;
+//! assert_eq!(&asset[..], b"hello, world\n");
+//! # Ok::<(), memseal::Error>(())
+//! ```
+//!
+//! # Layout
+//!
+//! - [`connect`](ConnectOptions): finding the socket, checking with
+//!   `SO_PEERCRED` that the process behind it runs as a trusted user, and
+//!   the handshake.
+//! - `connection`: the one module that touches the socket. Every frame goes
+//!   out through `memseal_proto::wire::FrameWriter` and comes in through
+//!   `FrameReader` (`recvmsg` with `MSG_CMSG_CLOEXEC`); a connection left in
+//!   an unknown state by an error is shut down rather than reused.
+//! - [`Client`]: the requests (publish, fetch, stat, list, remove, status),
+//!   each one frame out and one frame in.
+//! - [`verify()`]: the checks that make a descriptor safe to map, usable on
+//!   any descriptor, not only the daemon's.
+//! - `map`: the `mmap` and `munmap` calls, the crate's only `unsafe` code
+//!   besides the one call into it that [`verify()`] makes once its checks
+//!   have passed: a read-only private mapping, unmapped on drop.
+//! - [`Asset`]: a fetched asset, its metadata and its mapped bytes.
+//! - [`Error`] and [`VerifyError`]: what can go wrong, in words a person can
+//!   act on.
+//!
+//! # The path of a fetch
+//!
+//! [`Client::fetch`] sends `Request::Fetch`; the daemon answers
+//! `Response::Asset` with one descriptor riding on the frame. The descriptor
+//! arrives close-on-exec, is handed to [`verify()`], which checks the file
+//! type, the seals and the size in that order and maps exactly the file's
+//! size with `PROT_READ` and `MAP_PRIVATE`. The result is an [`Asset`] that
+//! dereferences to the mapped bytes and unmaps and closes them on drop. A
+//! descriptor that fails any check is closed at once and never mapped.
+//!
+//! The `memseal` command-line tool in this package is built on the same API.
+
+#![deny(unsafe_op_in_unsafe_fn)]
+#![warn(missing_docs)]
+
+mod asset;
+mod client;
+mod connect;
+mod connection;
+mod error;
+mod map;
+mod verify;
+
+pub use asset::Asset;
+pub use client::Client;
+pub use connect::{ConnectOptions, DEFAULT_TIMEOUT};
+pub use error::{Error, HandshakeError};
+pub use verify::{verify, Sealed, VerifyError, REQUIRED_SEALS};
+
+pub use memseal_proto as proto;
+pub use memseal_proto::{AssetInfo, ErrorCode, Hash, Limits, Selector, ServerStatus};

@@ -29,6 +29,29 @@ pub struct Budget {
     pub max_total_bytes: u64,
     /// Versions kept per name; older ones drop out as new ones arrive.
     pub keep_versions: usize,
+    /// Bytes of kept versions one uid may have published (each version
+    /// counted at its full size), unless exempt.
+    pub max_bytes_per_uid: u64,
+    /// Kept versions one uid may have published, unless exempt.
+    pub max_assets_per_uid: u64,
+}
+
+/// Budget promised to one publish in progress.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Claim {
+    pub size: u64,
+    /// The publisher, or None when it is exempt from per-uid limits
+    /// (root and the daemon's own uid).
+    pub uid: Option<u32>,
+}
+
+/// What one uid holds and has in flight.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Usage {
+    pub bytes: u64,
+    pub versions: u64,
+    pub reserved_bytes: u64,
+    pub reserved_versions: u64,
 }
 
 /// One kept version of a name.
@@ -108,6 +131,8 @@ pub struct Catalog {
     bytes: u64,
     /// Bytes promised to publishes in progress.
     reserved: u64,
+    /// Per publisher uid.
+    usage: HashMap<u32, Usage>,
 }
 
 impl Catalog {
@@ -118,6 +143,7 @@ impl Catalog {
             blobs: HashMap::new(),
             bytes: 0,
             reserved: 0,
+            usage: HashMap::new(),
         }
     }
 
@@ -125,8 +151,9 @@ impl Catalog {
         &self.budget
     }
 
-    /// Promise `size` bytes to a publish about to start, or refuse it.
-    pub fn reserve(&mut self, size: u64) -> Result<(), CatalogError> {
+    /// Promise `claim.size` bytes to a publish about to start, or refuse it.
+    pub fn reserve(&mut self, claim: Claim) -> Result<(), CatalogError> {
+        let size = claim.size;
         if size > self.budget.max_asset_size {
             return Err(CatalogError::new(
                 ErrorCode::TooLarge,
@@ -147,14 +174,65 @@ impl Catalog {
                 ),
             ));
         }
+        if let Some(uid) = claim.uid {
+            let usage = self.usage.get(&uid).copied().unwrap_or_default();
+            let bytes = usage.bytes + usage.reserved_bytes;
+            if bytes.saturating_add(size) > self.budget.max_bytes_per_uid {
+                return Err(CatalogError::new(
+                    ErrorCode::OverBudget,
+                    format!(
+                        "{size} bytes would exceed the budget of uid {uid}: {bytes} of {} bytes in use",
+                        self.budget.max_bytes_per_uid
+                    ),
+                ));
+            }
+            let versions = usage.versions + usage.reserved_versions;
+            if versions >= self.budget.max_assets_per_uid {
+                return Err(CatalogError::new(
+                    ErrorCode::OverBudget,
+                    format!(
+                        "uid {uid} already holds {versions} of its {} asset versions",
+                        self.budget.max_assets_per_uid
+                    ),
+                ));
+            }
+            let usage = self.usage.entry(uid).or_default();
+            usage.reserved_bytes += size;
+            usage.reserved_versions += 1;
+        }
         self.reserved += size;
         Ok(())
     }
 
-    /// Give back a reservation whose publish failed or was abandoned.
-    pub fn release(&mut self, size: u64) {
-        debug_assert!(self.reserved >= size);
-        self.reserved -= size;
+    /// Give back a reservation whose publish failed, was abandoned or is
+    /// being turned into a version.
+    pub fn release(&mut self, claim: Claim) {
+        debug_assert!(self.reserved >= claim.size);
+        self.reserved -= claim.size;
+        if let Some(uid) = claim.uid {
+            if let Some(usage) = self.usage.get_mut(&uid) {
+                usage.reserved_bytes -= claim.size;
+                usage.reserved_versions -= 1;
+            }
+        }
+    }
+
+    /// What `uid` holds and has in flight.
+    pub fn usage(&self, uid: u32) -> Usage {
+        self.usage.get(&uid).copied().unwrap_or_default()
+    }
+
+    fn charge(&mut self, info: &AssetInfo) {
+        let usage = self.usage.entry(info.publisher_uid).or_default();
+        usage.bytes += info.size;
+        usage.versions += 1;
+    }
+
+    fn uncharge(&mut self, info: &AssetInfo) {
+        if let Some(usage) = self.usage.get_mut(&info.publisher_uid) {
+            usage.bytes -= info.size;
+            usage.versions -= 1;
+        }
     }
 
     /// Make `blob` the newest version of `name`, consuming a reservation of
@@ -164,10 +242,12 @@ impl Catalog {
         &mut self,
         name: &str,
         blob: Blob,
+        claim: Claim,
         publisher_uid: u32,
         published_ms: u64,
     ) -> (AssetInfo, Vec<Change>) {
-        self.release(blob.size());
+        debug_assert_eq!(claim.size, blob.size());
+        self.release(claim);
         let mut changes = Vec::new();
         let blob = self.hold(blob, &mut changes);
         let entry = self.names.entry(name.to_owned()).or_default();
@@ -184,12 +264,11 @@ impl Catalog {
             info: info.clone(),
             blob,
         });
-        changes.push(Change::Published(info.clone()));
-        let excess = entry
-            .versions
-            .len()
-            .saturating_sub(self.budget.keep_versions.max(1));
+        let keep = self.budget.keep_versions.max(1);
+        let excess = entry.versions.len().saturating_sub(keep);
         let superseded: Vec<Version> = entry.versions.drain(..excess).collect();
+        self.charge(&info);
+        changes.push(Change::Published(info.clone()));
         for old in superseded {
             self.unhold(old, &mut changes);
         }
@@ -204,17 +283,18 @@ impl Catalog {
         &mut self,
         name: &str,
         blob: Blob,
+        claim: Claim,
         publisher_uid: u32,
         published_ms: u64,
     ) -> ((AssetInfo, bool), Vec<Change>) {
         if let Ok(latest) = self.find(name, Selector::Latest) {
             if latest.info.hash == *blob.hash() {
                 let info = latest.info.clone();
-                self.release(blob.size());
+                self.release(claim);
                 return ((info, false), Vec::new());
             }
         }
-        let (info, changes) = self.publish(name, blob, publisher_uid, published_ms);
+        let (info, changes) = self.publish(name, blob, claim, publisher_uid, published_ms);
         ((info, true), changes)
     }
 
@@ -230,6 +310,8 @@ impl Catalog {
             return false;
         }
         entry.last_version = entry.last_version.max(last_version).max(info.version);
+        self.charge(&info);
+        let entry = self.names.get_mut(&info.name).expect("entry exists");
         entry.versions.push_back(Version {
             info,
             blob: blob.clone(),
@@ -272,6 +354,7 @@ impl Catalog {
     }
 
     fn unhold(&mut self, version: Version, changes: &mut Vec<Change>) {
+        self.uncharge(&version.info);
         changes.push(Change::Removed(version.info));
         let hash = *version.blob.hash();
         let Some(entry) = self.blobs.get_mut(&hash) else {
@@ -428,12 +511,21 @@ mod tests {
             max_asset_size: 100,
             max_total_bytes: total,
             keep_versions: keep,
+            max_bytes_per_uid: 50,
+            max_assets_per_uid: 3,
         })
     }
 
+    fn claim(size: usize) -> Claim {
+        Claim {
+            size: size as u64,
+            uid: None,
+        }
+    }
+
     fn publish(c: &mut Catalog, name: &str, bytes: &[u8]) -> AssetInfo {
-        c.reserve(bytes.len() as u64).unwrap();
-        c.publish(name, blob(bytes), 1000, 0).0
+        c.reserve(claim(bytes.len())).unwrap();
+        c.publish(name, blob(bytes), claim(bytes.len()), 1000, 0).0
     }
 
     #[test]
@@ -477,11 +569,52 @@ mod tests {
     #[test]
     fn budgets_refuse_before_allocation() {
         let mut c = catalog(1, 10);
-        assert_eq!(c.reserve(101).unwrap_err().code, ErrorCode::TooLarge);
-        c.reserve(8).unwrap();
-        assert_eq!(c.reserve(3).unwrap_err().code, ErrorCode::OverBudget);
-        c.release(8);
-        c.reserve(10).unwrap();
+        assert_eq!(c.reserve(claim(101)).unwrap_err().code, ErrorCode::TooLarge);
+        c.reserve(claim(8)).unwrap();
+        assert_eq!(c.reserve(claim(3)).unwrap_err().code, ErrorCode::OverBudget);
+        c.release(claim(8));
+        c.reserve(claim(10)).unwrap();
+    }
+
+    #[test]
+    fn per_uid_budgets_count_kept_versions() {
+        let mut c = catalog(1, 1000);
+        let user = |size: usize| Claim {
+            size: size as u64,
+            uid: Some(7),
+        };
+        let mut put = |c: &mut Catalog, name: &str, bytes: &[u8]| {
+            c.reserve(user(bytes.len()))?;
+            Ok::<_, CatalogError>(c.publish(name, blob(bytes), user(bytes.len()), 7, 0).0)
+        };
+        put(&mut c, "u/a", &[1; 20]).unwrap();
+        put(&mut c, "u/b", &[2; 20]).unwrap();
+        // 40 of 50 bytes used: 20 more is refused, and so is a 4th version.
+        let err = put(&mut c, "u/c", &[3; 20]).unwrap_err();
+        assert_eq!(err.code, ErrorCode::OverBudget);
+        assert!(err.message.contains("uid 7"), "{}", err.message);
+        put(&mut c, "u/c", &[3; 5]).unwrap();
+        assert_eq!(
+            put(&mut c, "u/d", &[4; 1]).unwrap_err().code,
+            ErrorCode::OverBudget
+        );
+        // Superseding frees the old version's share.
+        put(&mut c, "u/a", &[5; 1]).unwrap_err();
+        c.remove("u/a", None).unwrap();
+        assert_eq!(c.usage(7).versions, 2);
+        assert_eq!(c.usage(7).bytes, 25);
+        put(&mut c, "u/d", &[4; 25]).unwrap();
+        // Exempt claims ignore the per-uid limits.
+        publish(&mut c, "root/x", &[9; 60]);
+        assert_eq!(
+            c.usage(7),
+            Usage {
+                bytes: 50,
+                versions: 3,
+                reserved_bytes: 0,
+                reserved_versions: 0
+            }
+        );
     }
 
     #[test]

@@ -58,6 +58,20 @@ pub struct Args {
     #[arg(long, value_name = "N")]
     pub max_connections: Option<usize>,
 
+    /// Most simultaneous connections of one uid other than root
+    /// [default: a quarter of --max-connections]
+    #[arg(long, value_name = "N")]
+    pub max_connections_per_uid: Option<usize>,
+
+    /// Bytes of kept versions one non-publisher uid may hold
+    /// [default: an eighth of the total budget]
+    #[arg(long, value_name = "BYTES", value_parser = parse_size)]
+    pub max_bytes_per_uid: Option<u64>,
+
+    /// Kept versions one non-publisher uid may hold [default: 1024]
+    #[arg(long, value_name = "N")]
+    pub max_assets_per_uid: Option<u64>,
+
     /// Directory of *.asset files declaring assets to publish at start and
     /// on SIGHUP [default: /etc/memseal/assets.d if it exists]
     #[arg(long, value_name = "DIR")]
@@ -90,6 +104,9 @@ struct FileConfig {
     max_asset_size: Option<SizeValue>,
     max_total_bytes: Option<SizeValue>,
     max_connections: Option<usize>,
+    max_connections_per_uid: Option<usize>,
+    max_bytes_per_uid: Option<SizeValue>,
+    max_assets_per_uid: Option<u64>,
     assets_dir: Option<PathBuf>,
     #[serde(default)]
     policy: PolicyConfig,
@@ -138,6 +155,9 @@ pub struct Config {
     pub max_asset_size: u64,
     pub max_total_bytes: u64,
     pub max_connections: usize,
+    pub max_connections_per_uid: usize,
+    pub max_bytes_per_uid: u64,
+    pub max_assets_per_uid: u64,
     pub assets_dir: Option<PathBuf>,
     pub policy: PolicyConfig,
     /// The settings file that was read, re-read for its policy on reload.
@@ -182,6 +202,19 @@ impl Config {
         if max_connections == 0 {
             return Err("max_connections must be at least 1".into());
         }
+        let max_connections_per_uid = args
+            .max_connections_per_uid
+            .or(file.max_connections_per_uid)
+            .unwrap_or((max_connections / 4).max(1));
+        let max_bytes_per_uid = match (args.max_bytes_per_uid, &file.max_bytes_per_uid) {
+            (Some(n), _) => n,
+            (None, Some(v)) => v.bytes("max_bytes_per_uid")?,
+            (None, None) => max_total_bytes / 8,
+        };
+        let max_assets_per_uid = args
+            .max_assets_per_uid
+            .or(file.max_assets_per_uid)
+            .unwrap_or(1024);
         let assets_dir = args.assets_dir.or(file.assets_dir).or_else(|| {
             let default = Path::new(DEFAULT_ASSETS_DIR);
             default.is_dir().then(|| default.to_path_buf())
@@ -195,6 +228,9 @@ impl Config {
             max_asset_size,
             max_total_bytes,
             max_connections,
+            max_connections_per_uid,
+            max_bytes_per_uid,
+            max_assets_per_uid,
             assets_dir,
             policy: file.policy,
             config_file,
@@ -220,22 +256,12 @@ fn read_file(path: &Path) -> Result<FileConfig, String> {
 /// cannot be dropped like page cache, so the default leaves most RAM to the
 /// programs that use the assets.
 fn default_total_bytes() -> u64 {
-    let pages = rustix::param::page_size() as u64;
-    let meminfo = std::fs::read_to_string("/proc/meminfo").unwrap_or_default();
-    let total_kib = meminfo
-        .lines()
-        .find_map(|l| l.strip_prefix("MemTotal:"))
-        .and_then(|rest| {
-            rest.trim()
-                .trim_end_matches("kB")
-                .trim()
-                .parse::<u64>()
-                .ok()
-        });
-    match total_kib {
-        Some(kib) => (kib * 1024 / 4) / pages * pages,
-        None => 1 << 30,
-    }
+    // sysinfo(2) rather than /proc/meminfo: the hardened unit hides most of
+    // /proc (ProcSubset=pid).
+    let info = rustix::system::sysinfo();
+    let total = (info.totalram as u64).saturating_mul(u64::from(info.mem_unit.max(1)));
+    let page = rustix::param::page_size() as u64;
+    (total / 4) / page * page
 }
 
 /// Parse `123`, `64K`, `1.5G`... (suffixes are powers of 1024; a trailing

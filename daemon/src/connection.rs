@@ -361,7 +361,8 @@ impl Connection {
         if let Err(reply) = self.check_write(Write::Publish, &name) {
             return self.reply(reply, None).await;
         }
-        let reservation = match self.store.reserve(size) {
+        let exempt = self.store.policy().is_publisher(&self.peer);
+        let reservation = match self.store.reserve(size, self.peer.uid, exempt) {
             Ok(r) => r,
             // A streamed publish is refused before the client was told to
             // send, so there is nothing to drain.
@@ -391,7 +392,7 @@ impl Connection {
         };
         match outcome {
             Ok(blob) => {
-                let info = self.store.publish(reservation, &name, blob, self.peer.uid);
+                let info = self.store.publish(reservation, &name, blob);
                 info!(
                     peer = %self.peer,
                     name = %info.name,

@@ -78,6 +78,8 @@ async fn serve(config: Config) -> Result<(), String> {
             max_asset_size: config.max_asset_size,
             max_total_bytes: config.max_total_bytes,
             keep_versions: config.keep_versions,
+            max_bytes_per_uid: config.max_bytes_per_uid,
+            max_assets_per_uid: config.max_assets_per_uid,
         },
         policy,
     );

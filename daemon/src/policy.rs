@@ -85,17 +85,23 @@ impl Policy {
         (policy, warnings)
     }
 
+    /// Is `peer` a publisher: root, the daemon's uid, a publisher user or a
+    /// member of a publisher group? Publishers may write any name and are
+    /// held to the total budget only, not to per-uid budgets.
+    pub fn is_publisher(&self, peer: &Peer) -> bool {
+        peer.uid == 0
+            || peer.uid == self.daemon_uid
+            || self.publisher_uids.contains(&peer.uid)
+            || self
+                .publisher_gids
+                .iter()
+                .any(|gid| *gid == peer.gid || peer.groups.contains(gid))
+    }
+
     /// May `peer` publish or remove `name`? The error says which rule
     /// refused and what would be allowed.
     pub fn check_write(&self, peer: &Peer, action: Write, name: &str) -> Result<(), String> {
-        if peer.uid == 0 || peer.uid == self.daemon_uid || self.publisher_uids.contains(&peer.uid) {
-            return Ok(());
-        }
-        if self
-            .publisher_gids
-            .iter()
-            .any(|gid| *gid == peer.gid || peer.groups.contains(gid))
-        {
+        if self.is_publisher(peer) {
             return Ok(());
         }
         let own = self.user_prefix_for(peer.uid);

@@ -6,7 +6,7 @@
 //! to the observers (the persistence layer) after the lock is released.
 
 use crate::blob::Blob;
-use crate::catalog::{Budget, Catalog, CatalogError, Change, Totals};
+use crate::catalog::{Budget, Catalog, CatalogError, Change, Claim, Totals};
 use crate::policy::Policy;
 use memseal_proto::{AssetInfo, Selector, ServerStatus};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -79,26 +79,32 @@ impl Store {
         *self.catalog().budget()
     }
 
-    /// Reserve room for a publish of `size` bytes; released when the
-    /// returned guard is dropped without being used.
-    pub fn reserve(self: &Arc<Self>, size: u64) -> Result<Reservation, CatalogError> {
-        self.catalog().reserve(size)?;
+    /// Reserve room for a publish of `size` bytes by `uid`; released when
+    /// the returned guard is dropped without being used. `exempt`
+    /// publishers (see `Policy::is_publisher`) are held to the total
+    /// budget only.
+    pub fn reserve(
+        self: &Arc<Self>,
+        size: u64,
+        uid: u32,
+        exempt: bool,
+    ) -> Result<Reservation, CatalogError> {
+        let claim = Claim {
+            size,
+            uid: (!exempt).then_some(uid),
+        };
+        self.catalog().reserve(claim)?;
         Ok(Reservation {
             store: self.clone(),
-            size,
+            claim: Some(claim),
+            uid,
         })
     }
 
     /// Make `blob` visible as the next version of `name`.
-    pub fn publish(&self, reservation: Reservation, name: &str, blob: Blob, uid: u32) -> AssetInfo {
-        assert_eq!(
-            reservation.size,
-            blob.size(),
-            "reservation matches the blob"
-        );
-        // The catalog takes the reservation over inside `publish`.
-        std::mem::forget(reservation);
-        self.change(|catalog| catalog.publish(name, blob, uid, now_ms()))
+    pub fn publish(&self, reservation: Reservation, name: &str, blob: Blob) -> AssetInfo {
+        let (claim, uid) = reservation.hand_over(&blob);
+        self.change(|catalog| catalog.publish(name, blob, claim, uid, now_ms()))
     }
 
     /// Make `blob` the next version of `name` unless the newest version
@@ -108,15 +114,9 @@ impl Store {
         reservation: Reservation,
         name: &str,
         blob: Blob,
-        uid: u32,
     ) -> (AssetInfo, bool) {
-        assert_eq!(
-            reservation.size,
-            blob.size(),
-            "reservation matches the blob"
-        );
-        std::mem::forget(reservation);
-        self.change(|catalog| catalog.publish_if_changed(name, blob, uid, now_ms()))
+        let (claim, uid) = reservation.hand_over(&blob);
+        self.change(|catalog| catalog.publish_if_changed(name, blob, claim, uid, now_ms()))
     }
 
     /// Restore persisted state without notifying observers of "new" blobs
@@ -198,15 +198,33 @@ impl Store {
     }
 }
 
-/// Budget promised to a publish in progress.
+/// Budget promised to a publish in progress, given back when dropped
+/// unless the catalog took it over.
 pub struct Reservation {
     store: Arc<Store>,
-    size: u64,
+    /// None once handed over to the catalog.
+    claim: Option<Claim>,
+    uid: u32,
+}
+
+impl Reservation {
+    /// Give the claim to the catalog, which releases it as it inserts the
+    /// version.
+    fn hand_over(mut self, blob: &Blob) -> (Claim, u32) {
+        let claim = self
+            .claim
+            .take()
+            .expect("a reservation is handed over once");
+        assert_eq!(claim.size, blob.size(), "reservation matches the blob");
+        (claim, self.uid)
+    }
 }
 
 impl Drop for Reservation {
     fn drop(&mut self) {
-        self.store.catalog().release(self.size);
+        if let Some(claim) = self.claim.take() {
+            self.store.catalog().release(claim);
+        }
     }
 }
 

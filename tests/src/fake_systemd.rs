@@ -7,7 +7,8 @@
 //!
 //! Descriptors reach the daemon at 3, 4, ... in the order of
 //! `LISTEN_FDNAMES`: the listening socket first (`listen`), then every
-//! stored descriptor. `sh` places them (`exec 3<&100 ...`) and exports
+//! stored descriptor. `bash` places them (`exec 3<&100 ...`; dash only
+//! knows single-digit descriptors) and exports
 //! LISTEN_PID as its own pid before exec'ing the daemon, which keeps it.
 
 use crate::{bin, SPAWN_LOCK};
@@ -34,7 +35,10 @@ pub struct Notification {
 
 impl Notification {
     pub fn get(&self, key: &str) -> Option<&str> {
-        self.fields.iter().find(|(k, _)| k == key).map(|(_, v)| v.as_str())
+        self.fields
+            .iter()
+            .find(|(k, _)| k == key)
+            .map(|(_, v)| v.as_str())
     }
 }
 
@@ -62,7 +66,8 @@ impl FakeSystemd {
     pub fn new(dir: &Path, activate: bool, args: &[&str]) -> FakeSystemd {
         let notify_path = dir.join("notify.sock");
         let notify = UnixDatagram::bind(&notify_path).expect("bind notify socket");
-        let listener = activate.then(|| UnixListener::bind(dir.join("memseald.sock")).expect("bind listen socket"));
+        let listener = activate
+            .then(|| UnixListener::bind(dir.join("memseald.sock")).expect("bind listen socket"));
         let state: Arc<(Mutex<State>, Condvar)> = Arc::default();
         let receiver = state.clone();
         std::thread::spawn(move || receive_notifications(notify, receiver));
@@ -97,10 +102,15 @@ impl FakeSystemd {
         drop(state);
         let mut script = String::from("export LISTEN_PID=$$; exec \"$0\" \"$@\"");
         for (i, (_, fd)) in passed.iter().enumerate() {
-            script.push_str(&format!(" {}<&{} {}<&-", 3 + i, fd.as_raw_fd(), fd.as_raw_fd()));
+            script.push_str(&format!(
+                " {}<&{} {}<&-",
+                3 + i,
+                fd.as_raw_fd(),
+                fd.as_raw_fd()
+            ));
         }
         let names: Vec<&str> = passed.iter().map(|(n, _)| n.as_str()).collect();
-        let mut command = Command::new("sh");
+        let mut command = Command::new("bash");
         command
             .arg("-c")
             .arg(script)
@@ -122,7 +132,9 @@ impl FakeSystemd {
                     .expect("log"),
             );
         if passed.is_empty() {
-            command.env_remove("LISTEN_FDS").env_remove("LISTEN_FDNAMES");
+            command
+                .env_remove("LISTEN_FDS")
+                .env_remove("LISTEN_FDNAMES");
         } else {
             command
                 .env("LISTEN_FDS", passed.len().to_string())
@@ -173,9 +185,18 @@ impl FakeSystemd {
                 return from + i;
             }
             let left = deadline.saturating_duration_since(Instant::now());
-            assert!(!left.is_zero(), "notification not received; daemon log:\n{}", self.logs());
+            assert!(
+                !left.is_zero(),
+                "notification not received; daemon log:\n{}",
+                self.logs()
+            );
             state = changed.wait_timeout(state, left).unwrap().0;
         }
+    }
+
+    /// The notification at position `index`.
+    pub fn notification(&self, index: usize) -> Notification {
+        self.state.0.lock().unwrap().log[index].clone()
     }
 
     /// How many notifications arrived so far.
@@ -185,7 +206,15 @@ impl FakeSystemd {
 
     /// Names in the fd store, sorted.
     pub fn stored_names(&self) -> Vec<String> {
-        let mut names: Vec<String> = self.state.0.lock().unwrap().store.iter().map(|(n, _)| n.clone()).collect();
+        let mut names: Vec<String> = self
+            .state
+            .0
+            .lock()
+            .unwrap()
+            .store
+            .iter()
+            .map(|(n, _)| n.clone())
+            .collect();
         names.sort();
         names
     }
@@ -217,7 +246,12 @@ fn receive_notifications(socket: UnixDatagram, state: Arc<(Mutex<State>, Condvar
     loop {
         let mut space = [MaybeUninit::<u8>::uninit(); rustix::cmsg_space!(ScmRights(32))];
         let mut control = RecvAncillaryBuffer::new(&mut space);
-        let Ok(msg) = recvmsg(&socket, &mut [IoSliceMut::new(&mut buffer)], &mut control, RecvFlags::CMSG_CLOEXEC) else {
+        let Ok(msg) = recvmsg(
+            &socket,
+            &mut [IoSliceMut::new(&mut buffer)],
+            &mut control,
+            RecvFlags::CMSG_CLOEXEC,
+        ) else {
             return;
         };
         let mut fds: Vec<OwnedFd> = Vec::new();
@@ -231,7 +265,10 @@ fn receive_notifications(socket: UnixDatagram, state: Arc<(Mutex<State>, Condvar
             .lines()
             .filter_map(|l| l.split_once('=').map(|(k, v)| (k.to_owned(), v.to_owned())))
             .collect();
-        let notification = Notification { fields, fds: fds.len() };
+        let notification = Notification {
+            fields,
+            fds: fds.len(),
+        };
         let (lock, changed) = &*state;
         let mut state = lock.lock().unwrap();
         let name = notification.get("FDNAME").unwrap_or("stored").to_owned();

@@ -139,8 +139,15 @@ impl Daemon {
             if UnixStream::connect(&self.socket).is_ok() {
                 return;
             }
-            if let Some(status) = self.child.as_mut().and_then(|c| c.try_wait().ok().flatten()) {
-                panic!("memseald exited during start-up ({status}):\n{}", self.logs());
+            if let Some(status) = self
+                .child
+                .as_mut()
+                .and_then(|c| c.try_wait().ok().flatten())
+            {
+                panic!(
+                    "memseald exited during start-up ({status}):\n{}",
+                    self.logs()
+                );
             }
             assert!(
                 Instant::now() < deadline,
@@ -235,7 +242,10 @@ impl Daemon {
             }
             if Instant::now() > deadline {
                 let _ = child.kill();
-                panic!("memseald did not stop within 30 s of SIGTERM:\n{}", self.logs());
+                panic!(
+                    "memseald did not stop within 30 s of SIGTERM:\n{}",
+                    self.logs()
+                );
             }
             std::thread::sleep(Duration::from_millis(10));
         }

@@ -133,7 +133,8 @@ file_sha() { inside_sh "sha256sum < '$1' | cut -d' ' -f1"; }
 # The version number in `memseal stat --json` output.
 json_version() { grep -o '"version"[[:space:]]*:[[:space:]]*[0-9]*' <<<"$1" | grep -o '[0-9]*$'; }
 
-# Poll a condition (a shell command on the host) for up to $1 seconds.
+# Poll a condition (a command run on the host) every 0.1s, $1 seconds
+# plus the time the condition itself takes.
 wait_for() {
     local seconds=$1 tries
     shift
@@ -199,7 +200,8 @@ asset_intact() {
         return 1
     }
     [[ $stat == "${expected_stat[$name]:-}" ]] || {
-        why="$name: stat changed from '${expected_stat[$name]:-}' to '$stat'"
+        local before=${expected_stat[$name]:-}
+        why="$name: stat changed from '${before//$'\n'/ }' to '${stat//$'\n'/ }'"
         return 1
     }
 }

@@ -14,9 +14,15 @@ use std::os::unix::net::UnixStream;
 
 fn request(stream: &UnixStream, request: &Request) -> Response {
     let frame = encode_request(request).expect("encode");
-    FrameWriter::new(frame, None).write_all(stream).expect("send");
-    let raw = FrameReader::new().read_frame(stream.as_fd()).expect("receive");
-    decode_response(&raw.payload, raw.fds).expect("decode").message
+    FrameWriter::new(frame, None)
+        .write_all(stream)
+        .expect("send");
+    let raw = FrameReader::new()
+        .read_frame(stream.as_fd())
+        .expect("receive");
+    decode_response(&raw.payload, raw.fds)
+        .expect("decode")
+        .message
 }
 
 fn main() {

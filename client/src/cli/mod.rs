@@ -1,0 +1,71 @@
+//! The `memseal` command: publish, fetch, list, inspect and remove assets.
+//!
+//! ```text
+//! memseal [--socket PATH] [--json] publish NAME [FILE|-]
+//! memseal [--socket PATH] get NAME [-o FILE] [--version N | --hash HEX]
+//! memseal [--socket PATH] [--json] ls [PREFIX]
+//! memseal [--socket PATH] [--json] stat NAME [--version N | --hash HEX]
+//! memseal [--socket PATH] [--json] rm NAME [--version N]
+//! memseal [--socket PATH] [--json] status
+//! ```
+//!
+//! Each run parses the command line ([`args`]), connects with the library's
+//! default policy (the daemon must run as root or as the caller), runs one
+//! command module, and maps any failure to a message on stderr,
+//! `memseal: <message>`, and an exit status ([`failure`] has the table;
+//! usage errors exit with 2, from clap).
+//!
+//! Results go to stdout through [`output`]: text for people, or JSON with
+//! `--json`, where hashes are 64 hex digits and times are milliseconds since
+//! the Unix epoch.
+
+mod args;
+mod failure;
+mod format;
+mod get;
+mod ls;
+mod memfd;
+mod output;
+mod publish;
+mod rm;
+mod stat;
+mod status;
+
+use args::{Cli, Command};
+use clap::Parser;
+use failure::Failure;
+use memseal::{Client, ConnectOptions};
+use output::Output;
+use std::process::ExitCode;
+
+/// Parse the command line, run the command, and give the exit status.
+pub fn main() -> ExitCode {
+    // On a usage error clap prints its message and exits with status 2.
+    let cli = Cli::parse();
+    match run(&cli) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(failure) => failure.report(),
+    }
+}
+
+fn run(cli: &Cli) -> Result<(), Failure> {
+    let mut client = connect(cli)?;
+    let mut out = Output::new(cli.json);
+    match &cli.command {
+        Command::Publish(args) => publish::run(&mut client, args, &mut out),
+        Command::Get(args) => get::run(&mut client, args, &mut out),
+        Command::Ls(args) => ls::run(&mut client, args, &mut out),
+        Command::Stat(args) => stat::run(&mut client, args, &mut out),
+        Command::Rm(args) => rm::run(&mut client, args, &mut out),
+        Command::Status => status::run(&mut client, &mut out),
+    }
+}
+
+fn connect(cli: &Cli) -> Result<Client, Failure> {
+    let mut options =
+        ConnectOptions::new().client_name(concat!("memseal-cli/", env!("CARGO_PKG_VERSION")));
+    if let Some(socket) = &cli.socket {
+        options = options.socket(socket);
+    }
+    Ok(options.connect()?)
+}

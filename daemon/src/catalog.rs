@@ -583,7 +583,7 @@ mod tests {
             size: size as u64,
             uid: Some(7),
         };
-        let mut put = |c: &mut Catalog, name: &str, bytes: &[u8]| {
+        let put = |c: &mut Catalog, name: &str, bytes: &[u8]| {
             c.reserve(user(bytes.len()))?;
             Ok::<_, CatalogError>(c.publish(name, blob(bytes), user(bytes.len()), 7, 0).0)
         };

@@ -1,0 +1,36 @@
+#!/usr/bin/env bash
+# install-test-deps.sh: install the system tools the test suite drives.
+#
+# The tests run real things: systemd's own tools (systemd-analyze to check
+# the unit files, systemd-socket-activate to pass a listening socket exactly
+# as systemd does), setpriv to drop to an unprivileged user, python3 for the
+# second-language client, and, for the real-systemd test, systemd-nspawn and
+# debootstrap. Anything missing is installed from the distribution's
+# packages when running as root; otherwise the missing tools are listed and
+# the tests that need them say so.
+set -euo pipefail
+
+declare -A package_of=(
+    [systemd-analyze]=systemd
+    [systemd-socket-activate]=systemd
+    [setpriv]=util-linux
+    [python3]=python3
+    [systemd-nspawn]=systemd-container
+    [debootstrap]=debootstrap
+)
+
+missing=()
+for tool in "${!package_of[@]}"; do
+    command -v "$tool" >/dev/null 2>&1 || missing+=("${package_of[$tool]}")
+done
+if ((${#missing[@]} == 0)); then
+    exit 0
+fi
+mapfile -t packages < <(printf '%s\n' "${missing[@]}" | sort -u)
+if [[ $(id -u) -ne 0 ]] || ! command -v apt-get >/dev/null 2>&1; then
+    echo "install-test-deps: missing packages: ${packages[*]} (install them, or run as root on Debian)" >&2
+    exit 0
+fi
+echo "install-test-deps: installing ${packages[*]}" >&2
+apt-get update -qq >/dev/null
+DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${packages[@]}" >/dev/null

@@ -8,7 +8,7 @@
 use crate::blob::Blob;
 use crate::catalog::{Budget, Catalog, CatalogError, Change, Claim, Totals};
 use crate::policy::Policy;
-use memseal_proto::{AssetInfo, Selector, ServerStatus};
+use memseal_proto::{AssetInfo, Event, Selector, ServerStatus};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, RwLock};
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
@@ -24,7 +24,13 @@ pub struct Store {
     connections: AtomicU64,
     /// Serialises observer calls so batches are seen in catalog order.
     observe_order: Mutex<()>,
+    /// Published and removed versions, for watchers, in catalog order.
+    events: tokio::sync::broadcast::Sender<Event>,
 }
+
+/// How many events a watcher may fall behind before it is dropped (it
+/// must then resubscribe and assume it missed changes).
+pub const WATCH_BACKLOG: usize = 4096;
 
 impl Store {
     pub fn new(budget: Budget, policy: Policy) -> Arc<Store> {
@@ -35,6 +41,7 @@ impl Store {
             started: Instant::now(),
             connections: AtomicU64::new(0),
             observe_order: Mutex::new(()),
+            events: tokio::sync::broadcast::channel(WATCH_BACKLOG).0,
         })
     }
 
@@ -63,8 +70,22 @@ impl Store {
             for observer in self.observers.read().expect("observer lock").iter() {
                 observer(self, &changes);
             }
+            for change in changes {
+                let event = match change {
+                    Change::Published(info) => Event::Published(info),
+                    Change::Removed(info) => Event::Removed(info),
+                    Change::BlobAdded(_) | Change::BlobDropped(_) => continue,
+                };
+                // No receiver means no watcher: nothing to do.
+                let _ = self.events.send(event);
+            }
         }
         value
+    }
+
+    /// Receive every later published or removed version.
+    pub fn subscribe(&self) -> tokio::sync::broadcast::Receiver<Event> {
+        self.events.subscribe()
     }
 
     pub fn policy(&self) -> Arc<Policy> {

@@ -46,8 +46,8 @@ pub mod wire;
 
 pub use error::FrameError;
 pub use message::{
-    AssetInfo, ErrorCode, ErrorReply, Hash, Limits, PublishSource, Request, Response, Selector,
-    ServerStatus, Snapshot, SnapshotName,
+    AssetInfo, ErrorCode, ErrorReply, Event, Hash, Limits, PublishSource, Request, Response,
+    Selector, ServerStatus, Snapshot, SnapshotName,
 };
 
 /// The protocol version this crate speaks. A peer that speaks another one is

@@ -43,6 +43,12 @@ pub enum Request {
     Remove { name: String, version: Option<u64> },
     /// Ask for the daemon's counters.
     Status,
+    /// Turn this connection into a stream of [`Event`]s about names
+    /// starting with `prefix`. The daemon answers [`Response::Watching`],
+    /// then sends one [`Response::Event`] per change, in the order the
+    /// changes happened. The client sends nothing more; closing the
+    /// connection ends the watch.
+    Watch { prefix: String },
 }
 
 impl Request {
@@ -67,6 +73,7 @@ impl Request {
             Request::List { .. } => "list",
             Request::Remove { .. } => "remove",
             Request::Status => "status",
+            Request::Watch { .. } => "watch",
         }
     }
 }
@@ -121,6 +128,29 @@ pub enum Response {
     /// The request failed; the connection stays usable unless `code` is
     /// [`ErrorCode::ProtocolError`] or [`ErrorCode::UnsupportedVersion`].
     Error(ErrorReply),
+    /// The watch is established; events follow.
+    Watching,
+    /// Something changed under a watched prefix.
+    Event(Event),
+}
+
+/// A change in the catalog, as watchers see it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Event {
+    /// A new version became visible (it is now the latest of its name).
+    Published(AssetInfo),
+    /// A version stopped being visible: removed, or pushed out by newer
+    /// versions beyond the daemon's `keep_versions`.
+    Removed(AssetInfo),
+}
+
+impl Event {
+    /// The version the event is about.
+    pub fn info(&self) -> &AssetInfo {
+        match self {
+            Event::Published(info) | Event::Removed(info) => info,
+        }
+    }
 }
 
 impl Response {
@@ -144,6 +174,8 @@ impl Response {
             Response::Removed { .. } => "removed",
             Response::Status(_) => "status",
             Response::Error(_) => "error",
+            Response::Watching => "watching",
+            Response::Event(_) => "event",
         }
     }
 

@@ -325,3 +325,55 @@ pub fn skip(test: &str, why: &str) {
     }
     eprintln!("MEMSEAL-TEST-SKIPPED: {test}: {why}");
 }
+
+/// A client that speaks the protocol frame by frame, for tests that need
+/// to see (or break) the exchange itself.
+pub struct RawPeer {
+    pub stream: UnixStream,
+    reader: memseal_proto::wire::FrameReader,
+}
+
+impl RawPeer {
+    /// Connect without a handshake.
+    pub fn connect(socket: &Path) -> RawPeer {
+        let stream = UnixStream::connect(socket).expect("connect");
+        stream
+            .set_read_timeout(Some(Duration::from_secs(10)))
+            .expect("timeout");
+        RawPeer {
+            stream,
+            reader: memseal_proto::wire::FrameReader::new(),
+        }
+    }
+
+    /// Connect and complete the handshake.
+    pub fn handshake(socket: &Path) -> RawPeer {
+        let mut peer = RawPeer::connect(socket);
+        peer.send(&memseal_proto::Request::Hello {
+            version: memseal_proto::PROTOCOL_VERSION,
+            client: "raw-test-peer".into(),
+        });
+        match peer.recv() {
+            memseal_proto::Response::Welcome { .. } => peer,
+            other => panic!("handshake refused: {other:?}"),
+        }
+    }
+
+    pub fn send(&mut self, request: &memseal_proto::Request) {
+        let frame = memseal_proto::codec::encode_request(request).expect("encode");
+        memseal_proto::wire::FrameWriter::new(frame, None)
+            .write_all(&self.stream)
+            .expect("send");
+    }
+
+    /// The next response (descriptors, if any, are dropped).
+    pub fn recv(&mut self) -> memseal_proto::Response {
+        self.try_recv().expect("receive a response")
+    }
+
+    pub fn try_recv(&mut self) -> Result<memseal_proto::Response, memseal_proto::FrameError> {
+        use std::os::fd::AsFd;
+        let frame = self.reader.read_frame(self.stream.as_fd())?;
+        Ok(memseal_proto::codec::decode_response(&frame.payload, frame.fds)?.message)
+    }
+}

@@ -34,6 +34,9 @@ pub struct Budget {
     pub max_bytes_per_uid: u64,
     /// Kept versions one uid may have published, unless exempt.
     pub max_assets_per_uid: u64,
+    /// Distinct blobs (memfds) held at most. Each one also takes a slot
+    /// in the service manager's fd store, which is bounded.
+    pub max_blobs: u64,
 }
 
 /// Budget promised to one publish in progress.
@@ -131,6 +134,8 @@ pub struct Catalog {
     bytes: u64,
     /// Bytes promised to publishes in progress.
     reserved: u64,
+    /// Publishes in progress, each of which may add a blob.
+    reserved_publishes: u64,
     /// Per publisher uid.
     usage: HashMap<u32, Usage>,
 }
@@ -143,6 +148,7 @@ impl Catalog {
             blobs: HashMap::new(),
             bytes: 0,
             reserved: 0,
+            reserved_publishes: 0,
             usage: HashMap::new(),
         }
     }
@@ -174,6 +180,16 @@ impl Catalog {
                 ),
             ));
         }
+        let blobs = self.blobs.len() as u64 + self.reserved_publishes;
+        if blobs >= self.budget.max_blobs {
+            return Err(CatalogError::new(
+                ErrorCode::OverBudget,
+                format!(
+                    "the daemon holds its maximum of {} distinct assets (max_blobs); remove some first",
+                    self.budget.max_blobs
+                ),
+            ));
+        }
         if let Some(uid) = claim.uid {
             let usage = self.usage.get(&uid).copied().unwrap_or_default();
             let bytes = usage.bytes + usage.reserved_bytes;
@@ -201,6 +217,7 @@ impl Catalog {
             usage.reserved_versions += 1;
         }
         self.reserved += size;
+        self.reserved_publishes += 1;
         Ok(())
     }
 
@@ -209,6 +226,7 @@ impl Catalog {
     pub fn release(&mut self, claim: Claim) {
         debug_assert!(self.reserved >= claim.size);
         self.reserved -= claim.size;
+        self.reserved_publishes -= 1;
         if let Some(uid) = claim.uid {
             if let Some(usage) = self.usage.get_mut(&uid) {
                 usage.reserved_bytes -= claim.size;
@@ -513,6 +531,7 @@ mod tests {
             keep_versions: keep,
             max_bytes_per_uid: 50,
             max_assets_per_uid: 3,
+            max_blobs: 6,
         })
     }
 
@@ -574,6 +593,19 @@ mod tests {
         assert_eq!(c.reserve(claim(3)).unwrap_err().code, ErrorCode::OverBudget);
         c.release(claim(8));
         c.reserve(claim(10)).unwrap();
+    }
+
+    #[test]
+    fn the_number_of_distinct_blobs_is_bounded() {
+        let mut c = catalog(1, 1000);
+        for i in 0..6u8 {
+            publish(&mut c, &format!("b/{i}"), &[i]);
+        }
+        let err = c.reserve(claim(1)).unwrap_err();
+        assert_eq!(err.code, ErrorCode::OverBudget);
+        assert!(err.message.contains("max_blobs"), "{}", err.message);
+        c.remove("b/0", None).unwrap();
+        c.reserve(claim(1)).unwrap();
     }
 
     #[test]

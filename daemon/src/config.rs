@@ -72,6 +72,11 @@ pub struct Args {
     #[arg(long, value_name = "N")]
     pub max_assets_per_uid: Option<u64>,
 
+    /// Distinct assets (memfds) held at most; under systemd keep it below
+    /// the unit's FileDescriptorStoreMax [default: 4000]
+    #[arg(long, value_name = "N")]
+    pub max_blobs: Option<u64>,
+
     /// Directory of *.asset files declaring assets to publish at start and
     /// on SIGHUP [default: /etc/memseal/assets.d if it exists]
     #[arg(long, value_name = "DIR")]
@@ -107,6 +112,7 @@ struct FileConfig {
     max_connections_per_uid: Option<usize>,
     max_bytes_per_uid: Option<SizeValue>,
     max_assets_per_uid: Option<u64>,
+    max_blobs: Option<u64>,
     assets_dir: Option<PathBuf>,
     #[serde(default)]
     policy: PolicyConfig,
@@ -158,6 +164,7 @@ pub struct Config {
     pub max_connections_per_uid: usize,
     pub max_bytes_per_uid: u64,
     pub max_assets_per_uid: u64,
+    pub max_blobs: u64,
     pub assets_dir: Option<PathBuf>,
     pub policy: PolicyConfig,
     /// The settings file that was read, re-read for its policy on reload.
@@ -231,6 +238,7 @@ impl Config {
             max_connections_per_uid,
             max_bytes_per_uid,
             max_assets_per_uid,
+            max_blobs: args.max_blobs.or(file.max_blobs).unwrap_or(4000),
             assets_dir,
             policy: file.policy,
             config_file,

@@ -80,6 +80,7 @@ async fn serve(config: Config) -> Result<(), String> {
             keep_versions: config.keep_versions,
             max_bytes_per_uid: config.max_bytes_per_uid,
             max_assets_per_uid: config.max_assets_per_uid,
+            max_blobs: config.max_blobs,
         },
         policy,
     );

@@ -72,3 +72,8 @@ pub use verify::{verify, Sealed, VerifyError, REQUIRED_SEALS};
 
 pub use memseal_proto as proto;
 pub use memseal_proto::{AssetInfo, ErrorCode, Hash, Limits, Selector, ServerStatus};
+
+// The README's examples are compiled as doctests, so they cannot rot.
+#[doc = include_str!("../../README.md")]
+#[cfg(doctest)]
+pub struct ReadmeDoctests;

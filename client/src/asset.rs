@@ -9,8 +9,9 @@ use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 /// One version of an asset, fetched and verified.
 ///
 /// Dereferences to the asset's bytes, which live in the daemon's sealed
-/// memfd: no copy was made, and the kernel guarantees they cannot change
-/// while this value lives. It stays valid after the [`Client`](crate::Client)
+/// memfd: no copy was made (unless a small asset was copied on request,
+/// see [`MapOptions::copy_below`](crate::MapOptions::copy_below)), and the
+/// kernel guarantees they cannot change while this value lives. It stays valid after the [`Client`](crate::Client)
 /// that fetched it is dropped, even if the daemon removes the asset or
 /// exits. It is `Send` and `Sync`, so threads can share one fetch.
 pub struct Asset {
@@ -46,6 +47,13 @@ impl Asset {
     /// The BLAKE3 hash the daemon computed when the version was published.
     pub fn hash(&self) -> &Hash {
         &self.info.hash
+    }
+
+    /// True when the bytes are a mapping of the daemon's memfd, false when
+    /// they were copied because the asset is smaller than
+    /// [`MapOptions::copy_below`](crate::MapOptions::copy_below).
+    pub fn is_mapped(&self) -> bool {
+        self.sealed.is_mapped()
     }
 
     /// Unmap the bytes and keep the sealed descriptor, for example to pass

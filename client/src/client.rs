@@ -4,10 +4,12 @@ use crate::asset::Asset;
 use crate::connect::ConnectOptions;
 use crate::connection::Connection;
 use crate::error::Error;
-use crate::verify::{check_sealed, file_type_name, verify};
-use memseal_proto::{
-    AssetInfo, FrameError, Limits, PublishSource, Request, Response, Selector, ServerStatus,
-};
+use crate::options::MapOptions;
+use crate::private::PrivateCopy;
+use crate::protocol;
+use crate::verify::{check_sealed, file_type_name, verify_private, verify_with};
+use crate::watch::Watcher;
+use memseal_proto::{AssetInfo, Limits, PublishSource, Request, Selector, ServerStatus};
 use rustix::fs::{fstat, FileType};
 use std::fs::File;
 use std::io::{self, Read};
@@ -33,6 +35,11 @@ pub struct Client {
     socket_path: PathBuf,
     server: String,
     limits: Limits,
+    /// How this client connected, so [`Client::watch`] can open a second
+    /// connection the same way.
+    options: ConnectOptions,
+    /// Requests sent so far, handshake excluded.
+    requests: u64,
 }
 
 impl Client {
@@ -41,13 +48,31 @@ impl Client {
         socket_path: PathBuf,
         server: String,
         limits: Limits,
+        options: ConnectOptions,
     ) -> Client {
         Client {
             connection,
             socket_path,
             server,
             limits,
+            options,
+            requests: 0,
         }
+    }
+
+    /// Give up the client for its connection, to use it otherwise (a watch).
+    pub(crate) fn into_connection(self) -> Connection {
+        self.connection
+    }
+
+    /// True once an error made this client give up its connection.
+    pub(crate) fn is_lost(&self) -> bool {
+        self.connection.is_lost()
+    }
+
+    /// How this client connected.
+    pub(crate) fn connect_options(&self) -> &ConnectOptions {
+        &self.options
     }
 
     /// Connect with the default [`ConnectOptions`].
@@ -74,6 +99,13 @@ impl Client {
     /// The limits the daemon announced: largest asset, budget, name length.
     pub fn limits(&self) -> &Limits {
         &self.limits
+    }
+
+    /// How many requests this client has sent to the daemon (each one a
+    /// round trip), the handshake not counted. A listing counts once per
+    /// page.
+    pub fn requests_sent(&self) -> u64 {
+        self.requests
     }
 
     /// Publish `bytes` as the next version of `name`, streaming them over
@@ -137,20 +169,7 @@ impl Client {
     /// writing, growing and shrinking). The file must not change while the
     /// daemon copies it.
     pub fn publish_file(&mut self, name: &str, file: &File) -> Result<AssetInfo, Error> {
-        let stat = fstat(file).map_err(|e| Error::Io(e.into()))?;
-        let file_type = FileType::from_raw_mode(stat.st_mode);
-        if file_type != FileType::RegularFile {
-            return Err(Error::Io(io::Error::new(
-                io::ErrorKind::InvalidInput,
-                format!(
-                    "cannot publish a {} by descriptor, only a regular file; \
-                     stream it with publish_reader instead",
-                    file_type_name(file_type)
-                ),
-            )));
-        }
-        // A regular file's size is never negative.
-        let size = u64::try_from(stat.st_size).unwrap_or(0);
+        let size = regular_file_size(file)?;
         self.publish_descriptor(name, size, file.as_fd())
     }
 
@@ -177,41 +196,65 @@ impl Client {
     /// Fetch the version of `name` that `selector` picks, verify its seals
     /// and map it read-only.
     pub fn fetch_with(&mut self, name: &str, selector: Selector) -> Result<Asset, Error> {
-        let request = Request::Fetch {
-            name: name.to_owned(),
-            selector,
-        };
-        self.connection.exchange(|connection| {
-            let decoded = connection.call(&request, None)?;
-            match decoded.message {
-                Response::Asset(info) => {
-                    // The codec lets an `Asset` through only with exactly
-                    // one descriptor; stay correct if that ever changed.
-                    let fd = decoded
-                        .fd
-                        .ok_or(Error::Protocol(FrameError::DescriptorCount {
-                            declared: 1,
-                            received: 0,
-                        }))?;
-                    let sealed = verify(fd, Some(info.size))?;
-                    Ok(Asset::new(info, sealed))
-                }
-                other => Err(unexpected("asset", &other)),
-            }
-        })
+        self.fetch_with_options(name, selector, &MapOptions::new())
+    }
+
+    /// Fetch the version of `name` that `selector` picks, verify its seals,
+    /// and bring it into memory as `options` say: populated up front, with
+    /// access advice, aligned for huge pages, or copied if small.
+    pub fn fetch_with_options(
+        &mut self,
+        name: &str,
+        selector: Selector,
+        options: &MapOptions,
+    ) -> Result<Asset, Error> {
+        let (info, fd) = self.fetch_descriptor(name, selector)?;
+        let sealed = verify_with(fd, Some(info.size), options)?;
+        Ok(Asset::new(info, sealed))
+    }
+
+    /// Fetch the version of `name` that `selector` picks, verify its seals,
+    /// and map it as a private copy-on-write view that this process may
+    /// write to without the asset, or any other reader, ever seeing it.
+    /// `options` apply as for [`Client::fetch_with_options`], except
+    /// [`MapOptions::copy_below`].
+    pub fn fetch_private(
+        &mut self,
+        name: &str,
+        selector: Selector,
+        options: &MapOptions,
+    ) -> Result<PrivateCopy, Error> {
+        let (info, fd) = self.fetch_descriptor(name, selector)?;
+        let (map, fd) = verify_private(fd, Some(info.size), options)?;
+        Ok(PrivateCopy::new(info, map, fd))
+    }
+
+    /// One fetch round trip: the metadata and the descriptor, not yet
+    /// verified.
+    fn fetch_descriptor(
+        &mut self,
+        name: &str,
+        selector: Selector,
+    ) -> Result<(AssetInfo, std::os::fd::OwnedFd), Error> {
+        let request = protocol::fetch(name, selector);
+        self.requests += 1;
+        self.connection
+            .exchange(|connection| protocol::asset(connection.call(&request, None)?))
     }
 
     /// The metadata of the version of `name` that `selector` picks.
     pub fn stat(&mut self, name: &str, selector: Selector) -> Result<AssetInfo, Error> {
-        let request = Request::Stat {
-            name: name.to_owned(),
-            selector,
-        };
+        let request = protocol::stat(name, selector);
+        self.requests += 1;
         self.connection
-            .exchange(|connection| match connection.call_plain(&request)? {
-                Response::Info(info) => Ok(info),
-                other => Err(unexpected("info", &other)),
-            })
+            .exchange(|connection| protocol::info(connection.call_plain(&request)?))
+    }
+
+    /// Subscribe to changes of the names that start with `prefix` (all
+    /// names for an empty prefix), on a connection of its own opened the
+    /// way this client's was. This client stays usable.
+    pub fn watch(&self, prefix: &str) -> Result<Watcher, Error> {
+        self.options.watch(prefix)
     }
 
     /// The latest version of every name that starts with `prefix` (all names
@@ -221,28 +264,14 @@ impl Client {
         let mut assets = Vec::new();
         let mut start_after: Option<String> = None;
         loop {
-            let request = Request::List {
-                prefix: prefix.to_owned(),
-                start_after: start_after.clone(),
-            };
+            let request = protocol::list(prefix, start_after.clone());
+            self.requests += 1;
             let (page, next) = self.connection.exchange(|connection| {
-                match connection.call_plain(&request)? {
-                    Response::Listing { assets, next } => Ok((assets, next)),
-                    other => Err(unexpected("listing", &other)),
-                }
+                protocol::listing(connection.call_plain(&request)?, start_after.as_ref())
             })?;
             assets.extend(page);
             match next {
                 None => return Ok(assets),
-                // Names come in order, so each cursor must pass the last;
-                // a daemon that repeats one would keep this loop going forever.
-                Some(cursor) if start_after.as_ref().is_some_and(|last| &cursor <= last) => {
-                    self.connection.abandon();
-                    return Err(Error::UnexpectedResponse {
-                        expected: "a listing page that moves forward",
-                        got: "a listing page that repeats an earlier one",
-                    });
-                }
                 Some(cursor) => start_after = Some(cursor),
             }
         }
@@ -252,25 +281,17 @@ impl Client {
     /// `None`. Returns how many versions were removed. Clients that already
     /// fetched a removed version keep their bytes.
     pub fn remove(&mut self, name: &str, version: Option<u64>) -> Result<u64, Error> {
-        let request = Request::Remove {
-            name: name.to_owned(),
-            version,
-        };
+        let request = protocol::remove(name, version);
+        self.requests += 1;
         self.connection
-            .exchange(|connection| match connection.call_plain(&request)? {
-                Response::Removed { versions } => Ok(versions),
-                other => Err(unexpected("removed", &other)),
-            })
+            .exchange(|connection| protocol::removed(connection.call_plain(&request)?))
     }
 
     /// The daemon's counters.
     pub fn status(&mut self) -> Result<ServerStatus, Error> {
-        self.connection.exchange(
-            |connection| match connection.call_plain(&Request::Status)? {
-                Response::Status(status) => Ok(status),
-                other => Err(unexpected("status", &other)),
-            },
-        )
+        self.requests += 1;
+        self.connection
+            .exchange(|connection| protocol::status(connection.call_plain(&Request::Status)?))
     }
 
     /// A streamed publish: announce `size` bytes, wait for the daemon's
@@ -286,15 +307,13 @@ impl Client {
             size,
             source: PublishSource::Stream,
         };
+        self.requests += 1;
         self.connection.exchange(|connection| {
-            match connection.call_plain(&request)? {
-                Response::Continue => {}
-                other => return Err(unexpected("continue", &other)),
-            }
+            protocol::proceed(connection.call_plain(&request)?)?;
             if let Err(e) = body(connection) {
                 return Err(reason_for_hangup(connection, e));
             }
-            published(connection.receive()?.message)
+            protocol::published(connection.receive()?.message)
         })
     }
 
@@ -310,45 +329,44 @@ impl Client {
             size,
             source: PublishSource::Descriptor,
         };
+        self.requests += 1;
         self.connection.exchange(|connection| {
             if let Err(e) = connection.send(&request, Some(fd)) {
                 return Err(reason_for_hangup(connection, e));
             }
-            published(connection.receive()?.message)
+            protocol::published(connection.receive()?.message)
         })
     }
+}
+
+/// The size of a file that is about to be published by descriptor, which
+/// must be a regular file.
+pub(crate) fn regular_file_size(file: &File) -> Result<u64, Error> {
+    let stat = fstat(file).map_err(|e| Error::Io(e.into()))?;
+    let file_type = FileType::from_raw_mode(stat.st_mode);
+    if file_type != FileType::RegularFile {
+        return Err(Error::Io(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            format!(
+                "cannot publish a {} by descriptor, only a regular file; \
+                 stream it with publish_reader instead",
+                file_type_name(file_type)
+            ),
+        )));
+    }
+    // A regular file's size is never negative.
+    Ok(u64::try_from(stat.st_size).unwrap_or(0))
 }
 
 /// When the daemon hangs up in the middle of a publish, it has usually said
 /// why first (over budget, too large, a bad name). That reason, if it is
 /// still waiting in the socket, says more than "broken pipe".
 fn reason_for_hangup(connection: &mut Connection, error: Error) -> Error {
-    let hung_up = matches!(
-        &error,
-        Error::Io(e) if matches!(
-            e.kind(),
-            io::ErrorKind::BrokenPipe | io::ErrorKind::ConnectionReset
-        )
-    );
-    if !hung_up {
+    if !protocol::is_hangup(&error) {
         return error;
     }
     match connection.receive() {
         Err(reason @ Error::Server { .. }) => reason,
         _ => error,
-    }
-}
-
-fn published(response: Response) -> Result<AssetInfo, Error> {
-    match response {
-        Response::Published(info) => Ok(info),
-        other => Err(unexpected("published", &other)),
-    }
-}
-
-fn unexpected(expected: &'static str, got: &Response) -> Error {
-    Error::UnexpectedResponse {
-        expected,
-        got: got.kind(),
     }
 }

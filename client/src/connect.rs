@@ -2,10 +2,12 @@
 
 use crate::client::Client;
 use crate::connection::Connection;
-use crate::error::{Error, HandshakeError};
+use crate::error::Error;
+use crate::protocol;
+use crate::watch::Watcher;
 use memseal_proto::paths::default_socket_path;
-use memseal_proto::{Request, Response, PROTOCOL_VERSION};
 use rustix::net::sockopt::socket_peercred;
+use std::os::fd::BorrowedFd;
 use std::os::unix::net::UnixStream;
 use std::path::PathBuf;
 use std::time::Duration;
@@ -114,7 +116,7 @@ impl ConnectOptions {
 
     /// Connect, check the daemon's user, and perform the handshake.
     pub fn connect(&self) -> Result<Client, Error> {
-        let path = self.socket.clone().unwrap_or_else(default_socket_path);
+        let path = self.socket_path();
         let stream = UnixStream::connect(&path).map_err(|source| Error::Connect {
             path: path.clone(),
             source,
@@ -123,7 +125,33 @@ impl ConnectOptions {
 
         // Before a single byte goes out: the name we are about to fetch is
         // only as trustworthy as whoever answers.
-        let peer = socket_peercred(connection.socket()).map_err(|e| Error::Io(e.into()))?;
+        self.check_peer(connection.socket())?;
+
+        let hello = protocol::hello(self.greeting_name());
+        let (server, limits) =
+            connection.exchange(|conn| protocol::welcome(conn.call_plain(&hello)))?;
+        Ok(Client::new(connection, path, server, limits, self.clone()))
+    }
+
+    /// Connect and turn the connection into a watch of the names that start
+    /// with `prefix`; see [`Client::watch`].
+    pub fn watch(&self, prefix: &str) -> Result<Watcher, Error> {
+        self.connect()?.into_watcher(prefix)
+    }
+
+    /// The socket to connect to.
+    pub(crate) fn socket_path(&self) -> PathBuf {
+        self.socket.clone().unwrap_or_else(default_socket_path)
+    }
+
+    /// The client name to greet the daemon with.
+    pub(crate) fn greeting_name(&self) -> String {
+        self.client_name.clone().unwrap_or_else(program_name)
+    }
+
+    /// Refuse a daemon that runs as a user this policy does not trust.
+    pub(crate) fn check_peer(&self, socket: BorrowedFd<'_>) -> Result<(), Error> {
+        let peer = socket_peercred(socket).map_err(|e| Error::Io(e.into()))?;
         let uid = peer.uid.as_raw();
         if !self.peer.allows(uid) {
             return Err(Error::PeerRejected {
@@ -131,33 +159,7 @@ impl ConnectOptions {
                 expected: self.peer.describe(),
             });
         }
-
-        let hello = Request::Hello {
-            version: PROTOCOL_VERSION,
-            client: self.client_name.clone().unwrap_or_else(program_name),
-        };
-        let welcome = connection.exchange(|conn| match conn.call_plain(&hello) {
-            Ok(Response::Welcome {
-                version,
-                server,
-                limits,
-            }) if version == PROTOCOL_VERSION => Ok((server, limits)),
-            Ok(Response::Welcome { version, .. }) => {
-                Err(Error::Handshake(HandshakeError::Version {
-                    ours: PROTOCOL_VERSION,
-                    theirs: version,
-                }))
-            }
-            Ok(other) => Err(Error::Handshake(HandshakeError::Unexpected {
-                got: other.kind(),
-            })),
-            Err(Error::Server { code, message }) => {
-                Err(Error::Handshake(HandshakeError::Refused { code, message }))
-            }
-            Err(e) => Err(e),
-        })?;
-        let (server, limits) = welcome;
-        Ok(Client::new(connection, path, server, limits))
+        Ok(())
     }
 }
 

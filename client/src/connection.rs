@@ -13,15 +13,17 @@
 //! down and every further call fails with [`Error::ConnectionLost`].
 
 use crate::error::Error;
+use crate::protocol;
 use memseal_proto::codec::{self, Decoded};
 use memseal_proto::wire::{FrameReader, FrameWriter};
 use memseal_proto::{FrameError, Request, Response};
+use rustix::event::{poll, PollFd, PollFlags, Timespec};
 use rustix::net::{send, SendFlags};
 use std::io;
 use std::net::Shutdown;
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::os::unix::net::UnixStream;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 /// A connected socket and the state of the frame being read from it.
 #[derive(Debug)]
@@ -118,13 +120,43 @@ impl Connection {
                 FrameError::Io(e) => self.io_error(e, "answer"),
                 other => Error::Protocol(other),
             })?;
-        let decoded = codec::decode_response(&frame.payload, frame.fds).map_err(Error::Protocol)?;
-        match decoded.message {
-            Response::Error(reply) => Err(Error::Server {
-                code: reply.code,
-                message: reply.message,
-            }),
-            _ => Ok(decoded),
+        protocol::decode(frame)
+    }
+
+    /// Receive one message if it completes by `deadline` (`None`: wait as
+    /// long as it takes), or `Ok(None)` if it does not. A frame that has
+    /// only partly arrived stays in the reader, and the next call resumes
+    /// it, so giving up at a deadline never loses the stream's position.
+    ///
+    /// Waits with `poll` rather than the socket timeout, so that a watcher
+    /// can wait for events far longer than one request may take. Once a
+    /// frame has begun to arrive, though, its rest is awaited for up to
+    /// the socket timeout even past `deadline`: the daemon writes each frame
+    /// at once, so the rest is microseconds away, and a caller asking "has
+    /// anything arrived?" must not be told "no" about a frame in transit.
+    pub(crate) fn receive_by(
+        &mut self,
+        deadline: Option<Instant>,
+    ) -> Result<Option<Decoded<Response>>, Error> {
+        loop {
+            let left = match (deadline, self.reader.in_frame()) {
+                (None, _) => None,
+                (Some(_), true) => self.timeout,
+                (Some(deadline), false) => Some(deadline.saturating_duration_since(Instant::now())),
+            };
+            if !readable_within(self.stream.as_fd(), left).map_err(Error::Io)? {
+                if self.reader.in_frame() {
+                    return Err(self.io_error(io::ErrorKind::TimedOut.into(), "finish a message"));
+                }
+                return Ok(None);
+            }
+            // The socket is readable, so this `recvmsg` returns at once.
+            match self.reader.read_step(self.stream.as_fd()) {
+                Ok(Some(frame)) => return protocol::decode(frame).map(Some),
+                Ok(None) => {}
+                Err(FrameError::Io(e)) => return Err(self.io_error(e, "answer")),
+                Err(other) => return Err(Error::Protocol(other)),
+            }
         }
     }
 
@@ -149,6 +181,17 @@ impl Connection {
         Ok(decoded.message)
     }
 
+    /// Wait until something can be read, for at most `timeout` (`None`:
+    /// forever), without reading it.
+    pub(crate) fn wait_readable(&self, timeout: Option<Duration>) -> Result<bool, Error> {
+        readable_within(self.stream.as_fd(), timeout).map_err(Error::Io)
+    }
+
+    /// Whether the daemon has closed this connection or given up on it.
+    pub(crate) fn is_lost(&self) -> bool {
+        self.lost
+    }
+
     /// Describe a socket error; a timeout names the timeout and what the
     /// daemon failed to do within it.
     fn io_error(&self, e: io::Error, what: &str) -> Error {
@@ -165,6 +208,24 @@ impl Connection {
                 ),
             )),
             _ => Error::Io(e),
+        }
+    }
+}
+
+/// Wait until `socket` is readable (or closed, or failed: the next receive
+/// then says which), for at most `timeout` (`None`: forever). False if the
+/// time ran out first.
+fn readable_within(socket: BorrowedFd<'_>, timeout: Option<Duration>) -> io::Result<bool> {
+    let timespec = timeout.map(|t| Timespec {
+        tv_sec: t.as_secs().try_into().unwrap_or(i64::MAX),
+        tv_nsec: t.subsec_nanos().into(),
+    });
+    let mut fds = [PollFd::new(&socket, PollFlags::IN)];
+    loop {
+        match poll(&mut fds, timespec.as_ref()) {
+            Ok(ready) => return Ok(ready > 0),
+            Err(rustix::io::Errno::INTR) => continue,
+            Err(e) => return Err(e.into()),
         }
     }
 }

@@ -30,14 +30,25 @@
 //!   out through `memseal_proto::wire::FrameWriter` and comes in through
 //!   `FrameReader` (`recvmsg` with `MSG_CMSG_CLOEXEC`); a connection left in
 //!   an unknown state by an error is shut down rather than reused.
+//! - `protocol`: each request and the answers it accepts, shared by the
+//!   blocking and the async client so that both follow the same rules.
 //! - [`Client`]: the requests (publish, fetch, stat, list, remove, status),
 //!   each one frame out and one frame in.
-//! - [`verify()`]: the checks that make a descriptor safe to map, usable on
-//!   any descriptor, not only the daemon's.
-//! - `map`: the `mmap` and `munmap` calls, the crate's only `unsafe` code
-//!   besides the one call into it that [`verify()`] makes once its checks
-//!   have passed: a read-only private mapping, unmapped on drop.
-//! - [`Asset`]: a fetched asset, its metadata and its mapped bytes.
+//! - [`verify()`] and [`verify_with`]: the checks that make a descriptor
+//!   safe to map, usable on any descriptor, not only the daemon's.
+//! - [`MapOptions`]: how a fetched asset is brought into memory: populated
+//!   up front, with access advice, aligned for huge pages, or copied when
+//!   small. [`ShmemHugePages`] tells whether the host allows huge pages.
+//! - `map`: the `mmap`, `madvise` and `munmap` calls, the crate's only
+//!   `unsafe` code besides the calls into it that the verification makes
+//!   once its checks have passed: a private mapping, unmapped on drop.
+//! - [`Asset`]: a fetched asset, its metadata and its mapped bytes;
+//!   [`PrivateCopy`]: the same mapped copy-on-write, writable in place.
+//! - [`Watcher`]: a subscription to the changes under a prefix, on a
+//!   connection of its own; [`CachedClient`]: fetches answered without a
+//!   round trip while the watch says nothing changed.
+//! - `AsyncClient` (feature `tokio`): the same requests for async code,
+//!   built on the same protocol and verification code.
 //! - [`Error`] and [`VerifyError`]: what can go wrong, in words a person can
 //!   act on.
 //!
@@ -57,21 +68,34 @@
 #![warn(missing_docs)]
 
 mod asset;
+#[cfg(feature = "tokio")]
+mod async_client;
+mod cache;
 mod client;
 mod connect;
 mod connection;
 mod error;
 mod map;
+mod options;
+mod private;
+mod protocol;
 mod verify;
+mod watch;
 
 pub use asset::Asset;
+#[cfg(feature = "tokio")]
+pub use async_client::{AsyncClient, AsyncWatcher};
+pub use cache::CachedClient;
 pub use client::Client;
 pub use connect::{ConnectOptions, DEFAULT_TIMEOUT};
 pub use error::{Error, HandshakeError};
-pub use verify::{verify, Sealed, VerifyError, REQUIRED_SEALS};
+pub use options::{Access, MapOptions, ShmemHugePages, COPY_BREAK_EVEN, SHMEM_ENABLED_PATH};
+pub use private::PrivateCopy;
+pub use verify::{verify, verify_with, Sealed, VerifyError, REQUIRED_SEALS};
+pub use watch::Watcher;
 
 pub use memseal_proto as proto;
-pub use memseal_proto::{AssetInfo, ErrorCode, Hash, Limits, Selector, ServerStatus};
+pub use memseal_proto::{AssetInfo, ErrorCode, Event, Hash, Limits, Selector, ServerStatus};
 
 // The README's examples are compiled as doctests, so they cannot rot.
 #[doc = include_str!("../../README.md")]

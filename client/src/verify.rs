@@ -10,6 +10,7 @@
 //! Any failure drops the descriptor (closing it) and leaves nothing mapped.
 
 use crate::map::Mapping;
+use crate::options::MapOptions;
 use rustix::fs::{fcntl_get_seals, fstat, FileType, SealFlags};
 use rustix::io::Errno;
 use std::fmt;
@@ -52,7 +53,8 @@ pub enum VerifyError {
     },
     /// The file is larger than this process can address.
     TooLarge(u64),
-    /// `mmap` failed (for example for lack of address space).
+    /// `mmap`, `madvise` or the `pread` of a copy failed (for example for
+    /// lack of address space or memory).
     Map(io::Error),
     /// `fstat` failed.
     Stat(io::Error),
@@ -114,7 +116,7 @@ impl fmt::Display for VerifyError {
                 f,
                 "the descriptor holds {size} bytes, more than this process can address"
             ),
-            VerifyError::Map(e) => write!(f, "cannot map the asset read-only: {e}"),
+            VerifyError::Map(e) => write!(f, "cannot map the asset: {e}"),
             VerifyError::Stat(e) => write!(f, "cannot inspect the descriptor (fstat): {e}"),
         }
     }
@@ -130,21 +132,37 @@ impl std::error::Error for VerifyError {
     }
 }
 
-/// A descriptor verified to be sealed, with a read-only mapping of all of it.
+/// A descriptor verified to be sealed, with all of its bytes in memory:
+/// a read-only mapping, or for small files a copy if
+/// [`MapOptions::copy_below`] asked for one.
 ///
 /// Dereferences to the file's bytes. Dropping it unmaps the bytes and closes
 /// the descriptor.
 pub struct Sealed {
     // Declared before `fd` so the mapping goes first on drop; the order does
     // not matter to the kernel, but it reads as the reverse of creation.
-    map: Mapping,
+    bytes: Bytes,
     fd: OwnedFd,
+}
+
+/// Where the bytes of a [`Sealed`] live.
+enum Bytes {
+    /// The file's own pages, mapped read-only.
+    Mapped(Mapping),
+    /// A copy read with `pread`, for small files.
+    Copied(Box<[u8]>),
 }
 
 impl Sealed {
     /// The number of bytes.
     pub fn len(&self) -> usize {
-        self.map.as_slice().len()
+        self.as_bytes().len()
+    }
+
+    /// True when the bytes are a mapping of the file's pages, false when
+    /// they were copied (see [`MapOptions::copy_below`]).
+    pub fn is_mapped(&self) -> bool {
+        matches!(self.bytes, Bytes::Mapped(_))
     }
 
     /// True for a zero-length file.
@@ -154,14 +172,17 @@ impl Sealed {
 
     /// The bytes; the same as dereferencing.
     pub fn as_bytes(&self) -> &[u8] {
-        self.map.as_slice()
+        match &self.bytes {
+            Bytes::Mapped(map) => map.as_slice(),
+            Bytes::Copied(copy) => copy,
+        }
     }
 
     /// Unmap the bytes and hand back the descriptor, for example to pass it
     /// on to another process.
     pub fn into_fd(self) -> OwnedFd {
-        let Sealed { map, fd } = self;
-        drop(map);
+        let Sealed { bytes, fd } = self;
+        drop(bytes);
         fd
     }
 }
@@ -191,6 +212,7 @@ impl fmt::Debug for Sealed {
         f.debug_struct("Sealed")
             .field("fd", &self.fd)
             .field("len", &self.len())
+            .field("mapped", &self.is_mapped())
             .finish()
     }
 }
@@ -215,7 +237,59 @@ impl fmt::Debug for Sealed {
 ///
 /// On failure `fd` is closed and nothing stays mapped.
 pub fn verify(fd: OwnedFd, expected_size: Option<u64>) -> Result<Sealed, VerifyError> {
-    let size = check_sealed(fd.as_fd())?;
+    verify_with(fd, expected_size, &MapOptions::new())
+}
+
+/// [`verify`], then bring the bytes into memory as `options` say: mapped
+/// (populated, advised, aligned for huge pages) or, for a small file,
+/// copied. The checks are the same, in the same order.
+pub fn verify_with(
+    fd: OwnedFd,
+    expected_size: Option<u64>,
+    options: &MapOptions,
+) -> Result<Sealed, VerifyError> {
+    let len = checked_len(fd.as_fd(), expected_size)?;
+    if options.copies(len as u64) {
+        let copy = read_all(fd.as_fd(), len).map_err(VerifyError::Map)?;
+        return Ok(Sealed {
+            bytes: Bytes::Copied(copy),
+            fd,
+        });
+    }
+    // SAFETY: `checked_len` saw F_SEAL_WRITE, F_SEAL_GROW and F_SEAL_SHRINK
+    // set on this file. Seals can never be removed, so from then on nobody,
+    // through any descriptor or mapping, can write it or change its size;
+    // and `len` is its size as measured after those seals were in place,
+    // and at most `isize::MAX`.
+    let map = unsafe { Mapping::map(fd.as_fd(), len, &options.plan(len, false)) }
+        .map_err(VerifyError::Map)?;
+    Ok(Sealed {
+        bytes: Bytes::Mapped(map),
+        fd,
+    })
+}
+
+/// [`verify`], then map the file as a private copy-on-write view: readable
+/// and writable, with every write landing in a page private to this
+/// process. `options.copy_below` does not apply.
+pub(crate) fn verify_private(
+    fd: OwnedFd,
+    expected_size: Option<u64>,
+    options: &MapOptions,
+) -> Result<(Mapping, OwnedFd), VerifyError> {
+    let len = checked_len(fd.as_fd(), expected_size)?;
+    // SAFETY: as in `verify_with`: the seals freeze the file and `len` is
+    // its final size. Writes through this mapping cannot reach the file:
+    // it is MAP_PRIVATE, and the file is sealed against writes anyway.
+    let map = unsafe { Mapping::map(fd.as_fd(), len, &options.plan(len, true)) }
+        .map_err(VerifyError::Map)?;
+    Ok((map, fd))
+}
+
+/// Checks 1 to 3 of [`verify`]: the size to map, once the file is known to
+/// be sealed and to hold what the sender announced.
+fn checked_len(fd: BorrowedFd<'_>, expected_size: Option<u64>) -> Result<usize, VerifyError> {
+    let size = check_sealed(fd)?;
     if let Some(declared) = expected_size {
         if declared != size {
             return Err(VerifyError::SizeMismatch {
@@ -224,17 +298,32 @@ pub fn verify(fd: OwnedFd, expected_size: Option<u64>) -> Result<Sealed, VerifyE
             });
         }
     }
-    let len = usize::try_from(size)
+    usize::try_from(size)
         .ok()
         .filter(|&len| len <= isize::MAX as usize)
-        .ok_or(VerifyError::TooLarge(size))?;
-    // SAFETY: `check_sealed` saw F_SEAL_WRITE, F_SEAL_GROW and F_SEAL_SHRINK
-    // set on this file. Seals can never be removed, so from then on nobody,
-    // through any descriptor or mapping, can write it or change its size;
-    // and `len` is its size as measured after those seals were in place,
-    // and at most `isize::MAX`.
-    let map = unsafe { Mapping::map_sealed(fd.as_fd(), len) }.map_err(VerifyError::Map)?;
-    Ok(Sealed { map, fd })
+        .ok_or(VerifyError::TooLarge(size))
+}
+
+/// Read exactly `len` bytes from the start of a sealed file with `pread`.
+fn read_all(fd: BorrowedFd<'_>, len: usize) -> io::Result<Box<[u8]>> {
+    let mut copy = vec![0u8; len].into_boxed_slice();
+    let mut filled = 0;
+    while filled < len {
+        match rustix::io::pread(fd, &mut copy[filled..], filled as u64) {
+            // The file cannot shrink (F_SEAL_SHRINK), so an early end means
+            // the kernel and the seals disagree; refuse rather than pad.
+            Ok(0) => {
+                return Err(io::Error::new(
+                    io::ErrorKind::UnexpectedEof,
+                    format!("the sealed file ended after {filled} of {len} bytes"),
+                ))
+            }
+            Ok(n) => filled += n,
+            Err(Errno::INTR) => {}
+            Err(e) => return Err(e.into()),
+        }
+    }
+    Ok(copy)
 }
 
 /// Checks 1 and 2 of [`verify`], then the file's final size.

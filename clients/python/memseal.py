@@ -14,7 +14,7 @@ Layout of this file, in the order data flows through it:
 - ``_Channel``: frames and descriptors on the socket (sections 3 and 4);
 - ``map_sealed`` and ``Sealed``: checking a descriptor before mapping it
   (section 8);
-- ``Client``: the conversations of section 7.
+- ``Client``: the conversations of section 7, watching for changes included.
 
 Typical use::
 
@@ -34,7 +34,7 @@ import socket
 import stat as _stat
 import struct
 from dataclasses import dataclass
-from typing import Callable, List, Optional, Tuple
+from typing import Callable, Iterator, List, Optional, Tuple
 
 __all__ = [
     "PROTOCOL_VERSION",
@@ -79,8 +79,9 @@ SYSTEM_SOCKET = "/run/memseal/memseald.sock"
 #: Default timeout for each read and write on the socket, in seconds.
 DEFAULT_TIMEOUT = 30.0
 
-# Seal bits, from <linux/fcntl.h>. fcntl has had the first four since
-# Python 3.8; F_SEAL_FUTURE_WRITE is spelled out for error messages.
+# Seal bits, fixed by the kernel ABI (<linux/fcntl.h>). The fcntl module
+# exports the first four since Python 3.8; all six are named here so that
+# error messages can say which seals a descriptor has and lacks.
 F_SEAL_SEAL = 0x0001
 F_SEAL_SHRINK = 0x0002
 F_SEAL_GROW = 0x0004
@@ -349,10 +350,6 @@ class AssetInfo:
             publisher_uid=d.u32(),
         )
 
-    def _encode(self, e: _Encoder) -> None:
-        e.string(self.name).varint(self.version).varint(self.size).raw(self.hash)
-        e.varint(self.published_ms).u32(self.publisher_uid)
-
 
 @dataclass(frozen=True)
 class Limits:
@@ -367,10 +364,6 @@ class Limits:
     @classmethod
     def _decode(cls, d: _Decoder) -> "Limits":
         return cls(d.u32(), d.u64(), d.u64(), d.u32(), d.u32())
-
-    def _encode(self, e: _Encoder) -> None:
-        e.u32(self.max_frame_len).varint(self.max_asset_size).varint(self.max_total_bytes)
-        e.u32(self.max_name_len).u32(self.keep_versions)
 
 
 @dataclass(frozen=True)
@@ -391,7 +384,7 @@ class ServerStatus:
 
 
 # Request variant indices (section 6.1).
-_HELLO, _PUBLISH, _FETCH, _STAT, _LIST, _REMOVE, _STATUS = range(7)
+_HELLO, _PUBLISH, _FETCH, _STAT, _LIST, _REMOVE, _STATUS, _WATCH = range(8)
 # PublishSource and Selector variant indices (section 6.3).
 _STREAM, _DESCRIPTOR = 0, 1
 _LATEST, _VERSION, _HASH = 0, 1, 2
@@ -423,7 +416,12 @@ _RESPONSES = [
     ("removed", lambda d: d.u64()),
     ("status", ServerStatus._decode),
     ("error", lambda d: (d.u32(), d.string())),
+    ("watching", lambda d: None),
+    ("event", lambda d: _read_event(d)),
 ]
+
+#: Event variants by index (section 6.3).
+_EVENTS = ["published", "removed"]
 
 #: Descriptors each response kind carries.
 _RESPONSE_FDS = {"asset": 1}
@@ -431,6 +429,13 @@ _RESPONSE_FDS = {"asset": 1}
 
 def _read_vec(d: _Decoder, read: Callable) -> list:
     return [read(d) for _ in range(d.u64())]
+
+
+def _read_event(d: _Decoder) -> Tuple[str, AssetInfo]:
+    index = d.u32()
+    if index >= len(_EVENTS):
+        raise ProtocolError("unknown event variant %d (is the daemon newer than this client?)" % index)
+    return _EVENTS[index], AssetInfo._decode(d)
 
 
 def _decode_response(message: bytes) -> Tuple[str, object]:
@@ -644,6 +649,14 @@ def map_sealed(fd: int, expected_size: Optional[int] = None) -> Sealed:
     :class:`VerifyError` says why; on success it belongs to the returned
     :class:`Sealed`.
     """
+    return Sealed(fd, *_verify_and_map(fd, expected_size))
+
+
+def _verify_and_map(fd: int, expected_size: Optional[int]) -> Tuple[int, Optional[mmap.mmap]]:
+    """The checks of section 8, in order; returns the size and the mapping.
+
+    Closes ``fd`` on any failure.
+    """
     try:
         info = os.fstat(fd)
         if not _stat.S_ISREG(info.st_mode):
@@ -672,7 +685,7 @@ def map_sealed(fd: int, expected_size: Optional[int] = None) -> Sealed:
                 mapping = mmap.mmap(fd, size, flags=mmap.MAP_PRIVATE, prot=mmap.PROT_READ)
             except (OSError, ValueError) as e:
                 raise VerifyError("cannot map the descriptor: %s" % e) from None
-        return Sealed(fd, size, mapping)
+        return size, mapping
     except BaseException:
         os.close(fd)
         raise
@@ -681,12 +694,10 @@ def map_sealed(fd: int, expected_size: Optional[int] = None) -> Sealed:
 class Asset(Sealed):
     """A fetched asset: its :class:`AssetInfo` and its verified bytes."""
 
-    def __init__(self, info: AssetInfo, sealed: Sealed):
-        super().__init__(sealed.fd, sealed.size, sealed._mapping)
-        # The bytes now belong to this object; keep the original from closing them.
-        sealed.view.release()
-        sealed.fd = -1
+    def __init__(self, info: AssetInfo, fd: int):
+        """Verify ``fd`` against ``info`` and map it; takes ownership of ``fd``."""
         self.info = info
+        super().__init__(fd, *_verify_and_map(fd, info.size))
 
     def __repr__(self) -> str:
         return "Asset(name=%r, version=%d, size=%d)" % (self.info.name, self.info.version, self.size)
@@ -709,8 +720,8 @@ class Client:
     root or as the caller's own user, or as exactly ``expect_server_uid``
     when given. ``timeout`` bounds each read and write, in seconds (None
     waits forever). ``trace``, if given, is called as
-    ``trace(direction, frame_bytes, fd_count)`` for every frame, which is
-    how the captures in PROTOCOL.md were made.
+    ``trace(direction, frame_bytes, fd_count)`` for every frame sent or
+    received, to compare a conversation with PROTOCOL.md.
     """
 
     def __init__(
@@ -722,6 +733,8 @@ class Client:
         trace: Optional[Callable] = None,
     ):
         self.path = path or default_socket_path()
+        self._closed = False
+        self._watching = False
         sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         try:
             sock.settimeout(timeout)
@@ -771,6 +784,7 @@ class Client:
 
     def close(self) -> None:
         """Close the connection. Assets already fetched stay valid."""
+        self._closed = True
         self._channel.close()
 
     def __enter__(self):
@@ -786,6 +800,9 @@ class Client:
         except ProtocolError:
             self.close()
             raise
+        except OSError as e:
+            self.close()
+            raise ProtocolError("cannot read from memseald: %s" % (e.strerror or e)) from None
         if kind == "error":
             code, message = value
             error = ServerError(code, message)
@@ -801,12 +818,23 @@ class Client:
             return kind, value, fd
         return kind, value
 
-    def _request(self, message: _Encoder, fd: Optional[int] = None) -> None:
+    def _send(self, send: Callable, *args) -> None:
+        """Run one send; any failure leaves the stream position unknown, so close."""
+        if self._closed:
+            raise ProtocolError("the connection to memseald is closed; open a new Client")
+        if self._watching:
+            raise ProtocolError("this connection is watching; open another Client for requests")
         try:
-            self._channel.write_frame(bytes(message.out), fd)
+            send(*args)
+        except ProtocolError:
+            self.close()
+            raise
         except OSError as e:
             self.close()
-            raise ProtocolError("cannot send to memseald: %s" % e) from None
+            raise ProtocolError("cannot send to memseald: %s" % (e.strerror or e)) from None
+
+    def _request(self, message: _Encoder, fd: Optional[int] = None) -> None:
+        self._send(self._channel.write_frame, bytes(message.out), fd)
 
     # -- publishing -----------------------------------------------------------
 
@@ -817,11 +845,7 @@ class Client:
         self._request(request)
         # Continue, or an Error that means: do not send the bytes.
         self._expect(("continue",))
-        try:
-            self._channel.write_raw(view)
-        except OSError as e:
-            self.close()
-            raise ProtocolError("the upload was cut off: %s" % e) from None
+        self._send(self._channel.write_raw, view)
         return self._expect(("published",))[1]
 
     def publish_fd(self, name: str, fd: int) -> AssetInfo:
@@ -842,7 +866,7 @@ class Client:
         _selector(request, version, hash)
         self._request(request)
         _, info, fd = self._expect(("asset",), fd_ok=True)
-        return Asset(info, map_sealed(fd, info.size))
+        return Asset(info, fd)
 
     def stat(self, name: str, version: Optional[int] = None, hash=None) -> AssetInfo:
         """What a fetch would return, without the descriptor."""
@@ -877,3 +901,27 @@ class Client:
         """The daemon's counters."""
         self._request(_Encoder().varint(_STATUS))
         return self._expect(("status",))[1]
+
+    def watch(self, prefix: str = "") -> Iterator[Tuple[str, AssetInfo]]:
+        """Turn this connection into a stream of changes to names under ``prefix``.
+
+        Returns once the daemon has confirmed the watch, so every change
+        made after that is seen. Iterating yields ``("published", info)``
+        and ``("removed", info)`` in the order the changes happened, waiting
+        as long as it takes for the next one. The connection does nothing
+        else afterwards: close the client to stop. A watcher that falls too
+        far behind gets ``ServerError`` with code ``BUSY``: watch again and
+        re-read what matters.
+        """
+        request = _Encoder().varint(_WATCH).string(prefix)
+        self._request(request)
+        self._expect(("watching",))
+        self._watching = True
+        # Changes may be hours apart; from now on only the daemon's own
+        # deadlines apply.
+        self._channel.sock.settimeout(None)
+        return self._events()
+
+    def _events(self) -> Iterator[Tuple[str, AssetInfo]]:
+        while True:
+            yield self._expect(("event",))[1]

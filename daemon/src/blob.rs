@@ -16,6 +16,11 @@
 //!   across file systems;
 //! - [`from_descriptor`] with a memfd that already carries the WRITE, GROW
 //!   and SHRINK seals: adopted without copying.
+//!
+//! Memfds of 2 MiB and more are prepared so that transparent huge pages can
+//! back them wherever the host allows it (see [`prepare_huge_pages`]):
+//! readers that map such an asset 2 MiB-aligned then need one page-table
+//! entry per 2 MiB instead of 512.
 
 use crate::sys;
 use memseal_proto::Hash;
@@ -168,7 +173,104 @@ fn create_memfd(size: u64) -> io::Result<OwnedFd> {
     // Size it up front: one allocation of the inode size, and a publisher
     // that lies about its size is caught by the byte count, not by growth.
     rustix::fs::ftruncate(&fd, size)?;
+    prepare_huge_pages(&fd, size);
     Ok(fd)
+}
+
+/// The size of a PMD-level transparent huge page (x86-64, arm64 with 4 KiB
+/// pages).
+const HUGE_PAGE: u64 = 2 << 20;
+
+/// Where the host says whether shared memory, memfds included, may use
+/// transparent huge pages.
+const SHMEM_ENABLED: &str = "/sys/kernel/mm/transparent_hugepage/shmem_enabled";
+
+/// Let transparent huge pages back a new, empty memfd of `size` bytes, as
+/// far as the host's `shmem_enabled` setting allows.
+///
+/// - `always`, `within_size`, `force`: the kernel allocates huge pages as
+///   the memfd is written (the memfd already has its final size, which
+///   `within_size` needs). Nothing to do.
+/// - `advise`: the kernel gives shared memory huge pages only when they are
+///   faulted in through a mapping marked `MADV_HUGEPAGE`, never through
+///   `write`. So fault the whole 2 MiB blocks in through such a mapping
+///   now, and unmap it before anything else happens: `F_SEAL_WRITE` fails
+///   with `EBUSY` while a shared writable mapping exists. The later
+///   `pwrite`s then fill pages that are already huge.
+/// - `never`, `deny`: no huge pages. Said once in the logs, with the fix.
+///
+/// Huge pages are an optimisation: any failure here leaves small pages and
+/// is logged at debug level, never reported to the publisher.
+fn prepare_huge_pages(fd: &OwnedFd, size: u64) {
+    let huge_len = size - size % HUGE_PAGE;
+    if huge_len == 0 {
+        return;
+    }
+    let setting = std::fs::read_to_string(SHMEM_ENABLED).ok();
+    let selected = setting.as_deref().and_then(|text| {
+        let start = text.find('[')? + 1;
+        Some(&text[start..start + text[start..].find(']')?])
+    });
+    match selected {
+        Some("always" | "within_size" | "force") => {}
+        Some("advise") => {
+            if let Err(e) = fault_in_huge(fd.as_fd(), huge_len) {
+                tracing::debug!("cannot prepare huge pages for a {size}-byte memfd: {e}");
+            }
+        }
+        other => {
+            static EXPLAINED: std::sync::Once = std::sync::Once::new();
+            EXPLAINED.call_once(|| {
+                tracing::info!(
+                    "large assets are kept in 4 KiB pages: transparent huge pages are off for \
+                     shared memory ({SHMEM_ENABLED} selects {}); select 'advise' or \
+                     'within_size' there to let readers map them with huge pages",
+                    other.unwrap_or("nothing readable")
+                );
+            });
+        }
+    }
+}
+
+/// Fault the first `len` bytes of an empty memfd in through a temporary
+/// shared writable mapping marked `MADV_HUGEPAGE`, then unmap it. `len` is
+/// a multiple of [`HUGE_PAGE`] and at most the file's size.
+///
+/// The kernel places shared mappings of shmem files at 2 MiB-aligned
+/// addresses when huge pages are possible, which the huge allocation needs.
+fn fault_in_huge(fd: BorrowedFd<'_>, len: u64) -> io::Result<()> {
+    use rustix::mm::{madvise, mmap, munmap, Advice, MapFlags, ProtFlags};
+    let len = usize::try_from(len).map_err(|_| io::Error::from(io::ErrorKind::FileTooLarge))?;
+    // SAFETY: a fresh mapping at an address the kernel picks (null hint)
+    // replaces and aliases nothing; it is never turned into a Rust
+    // reference, only advised and unmapped below. `len` does not exceed
+    // the file's size, and the file cannot shrink meanwhile: only this
+    // function holds it.
+    let addr = unsafe {
+        mmap(
+            std::ptr::null_mut(),
+            len,
+            ProtFlags::READ | ProtFlags::WRITE,
+            MapFlags::SHARED,
+            fd,
+            0,
+        )
+    }?;
+    // SAFETY: `addr..addr+len` is the mapping made just above; the advice
+    // only changes the size of the pages behind it.
+    let mut advised = unsafe { madvise(addr, len, Advice::LinuxHugepage) };
+    if advised.is_ok() {
+        // SAFETY: the same mapping; populating allocates its pages
+        // zero-filled, as a first write would, and the memfd is new and
+        // empty, so no byte anyone relies on changes.
+        advised = unsafe { madvise(addr, len, Advice::LinuxPopulateWrite) };
+    }
+    // SAFETY: unmaps exactly the mapping made above, which nothing else
+    // refers to. It must be gone before the memfd is sealed.
+    let unmapped = unsafe { munmap(addr, len) };
+    advised?;
+    unmapped?;
+    Ok(())
 }
 
 /// Make a filled memfd immutable and return the read-only descriptor that
@@ -413,6 +515,19 @@ mod tests {
             Err(IngestError::HashMismatch)
         ));
         assert!(Blob::reverify(memfd, 1, &hash).is_ok());
+    }
+
+    #[test]
+    fn a_large_memfd_stays_sealable_after_huge_page_preparation() {
+        // Whatever the host's setting, the temporary mapping is gone before
+        // sealing, so F_SEAL_WRITE does not fail with EBUSY.
+        let size = 3 * HUGE_PAGE + 5;
+        let data: Vec<u8> = (0..size).map(|i| (i % 253) as u8).collect();
+        let mut ingest = StreamIngest::new(size).unwrap();
+        ingest.write(&data).unwrap();
+        let blob = ingest.finish().unwrap();
+        assert_eq!(blob.hash(), blake3::hash(&data).as_bytes());
+        assert!(seals_of(blob.fd()).contains(DAEMON_SEALS));
     }
 
     fn tempfile() -> std::fs::File {

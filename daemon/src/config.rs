@@ -58,8 +58,8 @@ pub struct Args {
     #[arg(long, value_name = "N")]
     pub max_connections: Option<usize>,
 
-    /// Most simultaneous connections of one uid other than root
-    /// [default: a quarter of --max-connections]
+    /// Most simultaneous connections of one uid other than root and the
+    /// daemon's own [default: a quarter of --max-connections]
     #[arg(long, value_name = "N")]
     pub max_connections_per_uid: Option<usize>,
 
@@ -81,6 +81,18 @@ pub struct Args {
     /// on SIGHUP [default: /etc/memseal/assets.d if it exists]
     #[arg(long, value_name = "DIR")]
     pub assets_dir: Option<PathBuf>,
+
+    /// How long a new client may take to send its complete hello, e.g.
+    /// 500ms or 10s; a bare number is milliseconds [default: 10s]
+    #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
+    pub handshake_timeout: Option<Duration>,
+
+    /// How long a frame may take once its first byte arrived, how long a
+    /// reply may wait for the client to read it, and how long a streamed
+    /// upload may take for each 64 KiB; a bare number is milliseconds
+    /// [default: 10s]
+    #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
+    pub io_timeout: Option<Duration>,
 }
 
 /// A size in the config file: a number of bytes or a string with a suffix.
@@ -100,6 +112,23 @@ impl SizeValue {
     }
 }
 
+/// A duration in the config file: milliseconds, or a string such as "10s".
+#[derive(Debug, Clone, Deserialize)]
+#[serde(untagged)]
+enum DurationValue {
+    Millis(u64),
+    Text(String),
+}
+
+impl DurationValue {
+    fn duration(&self, key: &str) -> Result<Duration, String> {
+        match self {
+            DurationValue::Millis(ms) => Ok(Duration::from_millis(*ms)),
+            DurationValue::Text(text) => parse_duration(text).map_err(|e| format!("{key}: {e}")),
+        }
+    }
+}
+
 /// The TOML file, as written.
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -114,6 +143,8 @@ struct FileConfig {
     max_assets_per_uid: Option<u64>,
     max_blobs: Option<u64>,
     assets_dir: Option<PathBuf>,
+    handshake_timeout: Option<DurationValue>,
+    io_timeout: Option<DurationValue>,
     #[serde(default)]
     policy: PolicyConfig,
 }
@@ -171,7 +202,8 @@ pub struct Config {
     pub config_file: Option<PathBuf>,
     /// How long a client may take to complete the handshake.
     pub handshake_timeout: Duration,
-    /// How long a frame, or the gap between two chunks of an upload, may take.
+    /// How long a frame may take once begun, a reply may wait for the
+    /// client to read it, and a streamed upload may take per 64 KiB.
     pub io_timeout: Duration,
     /// How long in-flight requests may run after SIGTERM.
     pub shutdown_grace: Duration,
@@ -226,6 +258,19 @@ impl Config {
             let default = Path::new(DEFAULT_ASSETS_DIR);
             default.is_dir().then(|| default.to_path_buf())
         });
+        let handshake_timeout = match (args.handshake_timeout, &file.handshake_timeout) {
+            (Some(d), _) => d,
+            (None, Some(v)) => v.duration("handshake_timeout")?,
+            (None, None) => DEFAULT_TIMEOUT,
+        };
+        let io_timeout = match (args.io_timeout, &file.io_timeout) {
+            (Some(d), _) => d,
+            (None, Some(v)) => v.duration("io_timeout")?,
+            (None, None) => DEFAULT_TIMEOUT,
+        };
+        if handshake_timeout.is_zero() || io_timeout.is_zero() {
+            return Err("handshake_timeout and io_timeout must be longer than zero".into());
+        }
         Ok(Config {
             socket: args
                 .socket
@@ -242,12 +287,17 @@ impl Config {
             assets_dir,
             policy: file.policy,
             config_file,
-            handshake_timeout: Duration::from_secs(10),
-            io_timeout: Duration::from_secs(10),
+            handshake_timeout,
+            io_timeout,
             shutdown_grace: Duration::from_secs(10),
         })
     }
 }
+
+/// The handshake and I/O deadline when none is configured: long enough for
+/// a loaded machine, short enough that a stalled peer lets go of its
+/// connection slot soon.
+const DEFAULT_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Read the access policy again from the settings file (on reload).
 pub fn reread_policy(path: &Path) -> Result<PolicyConfig, String> {
@@ -300,6 +350,25 @@ pub fn parse_size(text: &str) -> Result<u64, String> {
     Ok(bytes as u64)
 }
 
+/// Parse `250` (milliseconds), `250ms`, `10s` or `1.5s`.
+pub fn parse_duration(text: &str) -> Result<Duration, String> {
+    let trimmed = text.trim();
+    let invalid = || format!("'{trimmed}' is not a duration (examples: 500ms, 10s, 250)");
+    let (digits, scale) = if let Some(ms) = trimmed.strip_suffix("ms") {
+        (ms, 1e-3)
+    } else if let Some(s) = trimmed.strip_suffix('s') {
+        (s, 1.0)
+    } else {
+        (trimmed, 1e-3)
+    };
+    let value: f64 = digits.trim().parse().map_err(|_| invalid())?;
+    let seconds = value * scale;
+    if !seconds.is_finite() || seconds < 0.0 || seconds > u32::MAX as f64 {
+        return Err(invalid());
+    }
+    Ok(Duration::from_secs_f64(seconds))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -317,6 +386,17 @@ mod tests {
     }
 
     #[test]
+    fn durations() {
+        assert_eq!(parse_duration("250"), Ok(Duration::from_millis(250)));
+        assert_eq!(parse_duration("250ms"), Ok(Duration::from_millis(250)));
+        assert_eq!(parse_duration("10s"), Ok(Duration::from_secs(10)));
+        assert_eq!(parse_duration("1.5s"), Ok(Duration::from_millis(1500)));
+        assert!(parse_duration("soon").is_err());
+        assert!(parse_duration("-1s").is_err());
+        assert!(parse_duration("").is_err());
+    }
+
+    #[test]
     fn file_settings_are_parsed_and_flags_win() {
         let dir = std::env::temp_dir().join(format!("memseal-config-test-{}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();
@@ -324,6 +404,7 @@ mod tests {
         std::fs::write(
             &path,
             "keep_versions = 3\nmax_total_bytes = \"2G\"\nmax_asset_size = 1048576\n\
+             io_timeout = \"250ms\"\nhandshake_timeout = 1500\n\
              [policy]\npublisher_groups = [\"staff\"]\n",
         )
         .unwrap();
@@ -339,6 +420,8 @@ mod tests {
         assert_eq!(config.max_total_bytes, 2 << 30);
         assert_eq!(config.max_asset_size, 1 << 20);
         assert_eq!(config.policy.publisher_groups, ["staff"]);
+        assert_eq!(config.io_timeout, Duration::from_millis(250));
+        assert_eq!(config.handshake_timeout, Duration::from_millis(1500));
         assert_eq!(config.policy.user_prefix, "user/{uid}/");
 
         std::fs::write(&path, "bogus = 1\n").unwrap();

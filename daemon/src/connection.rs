@@ -4,14 +4,20 @@
 //! non-blocking socket, so descriptors are received with
 //! `MSG_CMSG_CLOEXEC`, counted, and closed unless the request calls for
 //! them. Every wait has a deadline: the handshake, each frame once its first
-//! byte arrived, each gap in an upload, and each reply. A peer that misses
-//! one is dropped; only the wait for the *next* request is unbounded, since
-//! clients keep connections open to fetch fast.
+//! byte arrived, each 64 KiB of an upload, and each reply. A peer that
+//! misses one is dropped; only the wait for the *next* request is
+//! unbounded, since clients keep connections open to fetch fast.
 //!
 //! Replies that carry a descriptor are held back while the peer has too
-//! much unread data queued: descriptors in flight count against the
-//! daemon's RLIMIT_NOFILE, and a client that asks without reading must not
-//! be able to exhaust it for everyone else.
+//! many earlier replies unread ([`UnreadLimit`]): descriptors in flight
+//! count against the daemon's RLIMIT_NOFILE, and a client that asks without
+//! reading must not be able to exhaust it for everyone else. For the same
+//! reason a connection that ends with replies still unread is shut down but
+//! not closed at once: its descriptor and its connection slot are held
+//! until the client has read or discarded what was queued ([`linger`]), so
+//! a client cannot pile up descriptors in flight by reconnecting.
+//!
+//! [`linger`]: Connection::run
 
 use crate::blob::{self, StreamIngest};
 use crate::catalog::CatalogError;
@@ -42,9 +48,49 @@ const LIST_PAGE: usize = 128;
 /// Largest read of a streamed upload at once.
 const UPLOAD_CHUNK: usize = 1 << 20;
 
-/// Unread bytes (as the kernel accounts them, per queued message) above
-/// which a reply carrying a descriptor waits for the peer to read.
-const MAX_UNREAD: usize = 256 << 10;
+/// What the kernel charges (`SIOCOUTQ`, the sender's `sk_wmem_alloc`) for
+/// one reply frame queued unread: measured 768 bytes on Linux 6.18 for a
+/// frame of up to about 190 bytes, with or without a descriptor, and 1280
+/// for the larger frames that the longest names make. The charge is per
+/// queued message (the buffer's true size), not per byte of payload.
+const QUEUED_REPLY_COST: usize = 768;
+
+/// The most replies with descriptors one connection may leave unread.
+/// The client library asks and reads one at a time; a pipelining client
+/// is merely slowed down by this, never refused.
+pub const MAX_UNREAD_REPLIES: usize = 64;
+
+/// Bytes the progress deadline of an upload asks for: each 64 KiB (or the
+/// rest of the upload, if less) must arrive within the I/O timeout.
+const UPLOAD_PROGRESS: u64 = 64 << 10;
+
+/// How many replies with descriptors each connection may leave unread.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct UnreadLimit {
+    /// In replies, for people.
+    pub replies: usize,
+    /// In `SIOCOUTQ` bytes, what the check compares against.
+    pub bytes: usize,
+}
+
+/// The bound on unread replies for a daemon of `max_connections` that may
+/// hold `descriptor_limit` descriptors.
+///
+/// The kernel refuses to send a descriptor (`ETOOMANYREFS`) once the
+/// sending user has more in flight than its RLIMIT_NOFILE, and that would
+/// hit healthy clients too. So every connection together may leave at most
+/// half of the limit unread, and each one at most [`MAX_UNREAD_REPLIES`],
+/// but never fewer than one.
+pub fn unread_limit(max_connections: usize, descriptor_limit: u64) -> UnreadLimit {
+    let share = descriptor_limit / 2 / (max_connections.max(1) as u64);
+    let replies = (share.min(MAX_UNREAD_REPLIES as u64) as usize).max(1);
+    UnreadLimit {
+        replies,
+        // The check runs before each send and lets one more through while
+        // the queue is at or under the bound, hence `replies - 1`.
+        bytes: (replies - 1) * QUEUED_REPLY_COST,
+    }
+}
 
 /// Why a connection ended early.
 #[derive(Debug)]
@@ -70,21 +116,28 @@ impl From<io::Error> for End {
     }
 }
 
+/// One accepted client, from the handshake to its last reply.
 pub struct Connection {
     stream: UnixStream,
     reader: FrameReader,
+    /// Who the kernel says is at the other end; decides the policy.
     peer: Peer,
     store: Arc<Store>,
     config: Arc<Config>,
+    /// How many replies with descriptors the peer may leave unread.
+    unread_limit: UnreadLimit,
+    /// Turns true when the daemon stops.
     shutdown: watch::Receiver<bool>,
 }
 
 impl Connection {
+    /// Wrap an accepted stream; nothing is read until [`Connection::run`].
     pub fn new(
         stream: UnixStream,
         peer: Peer,
         store: Arc<Store>,
         config: Arc<Config>,
+        unread_limit: UnreadLimit,
         shutdown: watch::Receiver<bool>,
     ) -> Self {
         Connection {
@@ -93,12 +146,21 @@ impl Connection {
             peer,
             store,
             config,
+            unread_limit,
             shutdown,
         }
     }
 
     /// Serve the connection until the peer leaves, misbehaves or the daemon
     /// stops. Never fails: problems are logged and end this connection only.
+    ///
+    /// A connection that ends while the peer still has replies queued
+    /// unread is shut down (the peer reads what was queued, then end of
+    /// file) but its socket stays open until that queue is empty: the
+    /// descriptors in it are charged to the daemon until the peer reads or
+    /// closes, and keeping the socket keeps them counted against this
+    /// connection's slot instead of letting the peer reconnect and queue
+    /// more.
     pub async fn run(mut self) {
         match self.serve().await {
             Ok(()) | Err(End::Peer(FrameError::Closed)) | Err(End::Shutdown) => {
@@ -106,6 +168,30 @@ impl Connection {
             }
             Err(End::Timeout(what)) => info!(peer = %self.peer, "dropping client: {what}"),
             Err(End::Peer(e)) => info!(peer = %self.peer, "dropping client: {e}"),
+        }
+        self.linger().await;
+    }
+
+    /// Hold the shut-down socket until the peer has taken (or discarded)
+    /// every queued reply, or the daemon stops.
+    async fn linger(&mut self) {
+        let unread = sys::unread_bytes(self.stream.as_fd()).unwrap_or(0);
+        if unread == 0 || *self.shutdown.borrow() {
+            return;
+        }
+        let _ = rustix::net::shutdown(&self.stream, rustix::net::Shutdown::Both);
+        debug!(peer = %self.peer, unread, "holding the connection until its replies are read");
+        let mut pause = Duration::from_millis(10);
+        loop {
+            tokio::select! {
+                _ = tokio::time::sleep(pause) => {}
+                _ = self.shutdown.wait_for(|stop| *stop) => return,
+            }
+            if sys::unread_bytes(self.stream.as_fd()).unwrap_or(0) == 0 {
+                debug!(peer = %self.peer, "queued replies drained; closing");
+                return;
+            }
+            pause = (pause * 2).min(Duration::from_secs(1));
         }
     }
 
@@ -175,6 +261,9 @@ impl Connection {
 
     /// Tell the peer why it is being dropped (best effort) and end.
     async fn protocol_error(&mut self, error: FrameError) -> End {
+        // The stream is broken: close whatever descriptor rode on the
+        // half-read frame now, not when the connection finally goes.
+        self.reader = FrameReader::new();
         if !matches!(
             error,
             FrameError::Closed | FrameError::Truncated { .. } | FrameError::Io(_)
@@ -194,7 +283,12 @@ impl Connection {
             if self.reader.in_frame() && frame_deadline.is_none() {
                 frame_deadline = Some(Instant::now() + self.config.io_timeout);
             }
-            let deadline = frame_deadline.or(idle_deadline);
+            // The earlier of the two: a frame begun just before the
+            // handshake deadline does not extend it.
+            let deadline = match (frame_deadline, idle_deadline) {
+                (Some(frame), Some(idle)) => Some(frame.min(idle)),
+                (frame, idle) => frame.or(idle),
+            };
             let stream = &self.stream;
             let reader = &mut self.reader;
             let shutdown = &mut self.shutdown;
@@ -232,11 +326,35 @@ impl Connection {
     }
 
     /// Send one response, its descriptor (if any) on the first byte.
+    ///
+    /// If the kernel refuses the descriptor because the daemon has too
+    /// many in flight (`ETOOMANYREFS`; nothing was sent), the client gets a
+    /// `Busy` error instead and the connection stays usable.
     async fn reply(&self, response: Response, fd: Option<BorrowedFd<'_>>) -> Result<(), End> {
         let frame = encode_response(&response)?;
-        if fd.is_some() {
-            self.wait_for_reader().await?;
+        if fd.is_none() {
+            return self.send(frame, None).await;
         }
+        self.wait_for_reader().await?;
+        match self.send(frame, fd).await {
+            Err(End::Peer(FrameError::Io(e))) if e.raw_os_error() == Some(libc::ETOOMANYREFS) => {
+                warn!(
+                    peer = %self.peer,
+                    "cannot send a descriptor: too many are in flight to clients that do not read"
+                );
+                let busy = Response::error(
+                    ErrorCode::Busy,
+                    "memseald has too many descriptors waiting unread in other clients' \
+                     sockets to send one more right now; retry shortly",
+                );
+                self.send(encode_response(&busy)?, None).await
+            }
+            other => other,
+        }
+    }
+
+    /// Write one encoded frame within the I/O timeout.
+    async fn send(&self, frame: Vec<u8>, fd: Option<BorrowedFd<'_>>) -> Result<(), End> {
         let mut writer = FrameWriter::new(frame, fd);
         let deadline = Instant::now() + self.config.io_timeout;
         while !writer.is_done() {
@@ -256,19 +374,25 @@ impl Connection {
     }
 
     /// Hold a descriptor reply back while the peer sits on unread replies.
+    /// The kernel does not signal when a peer reads, so this polls, more
+    /// and more slowly: a client that reads soon is served at once, one
+    /// that never reads costs a few dozen wake-ups before it is dropped.
     async fn wait_for_reader(&self) -> Result<(), End> {
         let deadline = Instant::now() + self.config.io_timeout;
+        let mut pause = Duration::from_millis(1);
         loop {
             let unread = sys::unread_bytes(self.stream.as_fd())?;
-            if unread <= MAX_UNREAD {
+            if unread <= self.unread_limit.bytes {
                 return Ok(());
             }
-            if Instant::now() >= deadline {
+            let now = Instant::now();
+            if now >= deadline {
                 return Err(End::Timeout(
                     "client left too many replies with descriptors unread",
                 ));
             }
-            tokio::time::sleep(Duration::from_millis(5)).await;
+            tokio::time::sleep(pause.min(deadline - now)).await;
+            pause = (pause * 2).min(Duration::from_millis(100));
         }
     }
 
@@ -485,11 +609,21 @@ impl Connection {
         };
         self.reply(Response::Continue, None).await?;
         let mut buffer = vec![0u8; (size as usize).clamp(1, UPLOAD_CHUNK)];
+        // A deadline per gap between reads would let a peer that sends a
+        // byte now and then hold its slot, its reservation and a partial
+        // memfd forever; asking for steady progress does not.
+        let mut deadline = Instant::now() + self.config.io_timeout;
+        let mut owed = UPLOAD_PROGRESS.min(size);
         while ingest.remaining() > 0 {
             let want = (ingest.remaining() as usize).min(buffer.len());
-            let got = self.read_raw(&mut buffer[..want]).await?;
+            let got = self.read_raw(&mut buffer[..want], deadline).await?;
             if let Err(e) = ingest.write(&buffer[..got]) {
                 return Err(End::Peer(FrameError::Io(e)));
+            }
+            owed = owed.saturating_sub(got as u64);
+            if owed == 0 {
+                deadline = Instant::now() + self.config.io_timeout;
+                owed = UPLOAD_PROGRESS.min(ingest.remaining());
             }
         }
         match ingest.finish() {
@@ -502,13 +636,12 @@ impl Connection {
         }
     }
 
-    /// Read some raw upload bytes, waiting at most the I/O timeout.
-    async fn read_raw(&self, buffer: &mut [u8]) -> Result<usize, End> {
-        let deadline = Instant::now() + self.config.io_timeout;
+    /// Read some raw upload bytes, waiting at most until `deadline`.
+    async fn read_raw(&self, buffer: &mut [u8], deadline: Instant) -> Result<usize, End> {
         loop {
             tokio::time::timeout_at(deadline, self.stream.readable())
                 .await
-                .map_err(|_| End::Timeout("upload stalled"))??;
+                .map_err(|_| End::Timeout("upload too slow or stalled"))??;
             let step = self.stream.try_io(Interest::READABLE, || {
                 match recv_raw(self.stream.as_fd(), buffer) {
                     Err(FrameError::Io(e)) => Err(e),

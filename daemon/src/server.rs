@@ -1,25 +1,31 @@
-//! The accept loop: connection limit, peer credentials, graceful shutdown.
+//! The accept loop: connection limits, peer credentials, graceful shutdown.
 //!
-//! Each accepted connection gets a task. A semaphore bounds how many run at
-//! once; a connection over the limit is told "busy" and closed straight
-//! away, so a flood cannot queue up unbounded work. `accept` failing for
-//! lack of descriptors (EMFILE, ENFILE) or memory does not spin: the loop
-//! backs off, existing connections keep being served, and accepting
-//! resumes once resources free up.
+//! Each accepted connection gets a task. Two limits bound how many run at
+//! once: a total one (a semaphore) and one per uid ([`UidSlots`]), so that
+//! a single local user cannot take every slot and lock the others out.
+//! Root and the daemon's own uid are exempt from the per-uid limit: they
+//! run the service. A connection over either limit is told "busy", with
+//! the limit it hit, and closed straight away, so a flood cannot queue up
+//! unbounded work.
+//!
+//! `accept` failing for lack of descriptors (EMFILE, ENFILE) or memory does
+//! not spin: the loop backs off, existing connections keep being served,
+//! and accepting resumes once resources free up.
 //!
 //! On shutdown the loop stops accepting, tells every connection to finish
 //! (idle ones close at once, busy ones complete their request), and waits
 //! for them up to the grace period.
 
 use crate::config::Config;
-use crate::connection::Connection;
+use crate::connection::{self, Connection};
 use crate::policy::Peer;
 use crate::store::Store;
 use memseal_proto::codec::encode_response;
 use memseal_proto::{ErrorCode, Response};
+use std::collections::HashMap;
 use std::io;
 use std::os::fd::AsFd;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tokio::net::{UnixListener, UnixStream};
 use tokio::sync::{watch, Semaphore};
@@ -35,6 +41,13 @@ pub async fn serve(
 ) {
     let (shutdown_tx, shutdown_rx) = watch::channel(false);
     let limit = Arc::new(Semaphore::new(config.max_connections));
+    let per_uid = Arc::new(UidSlots::new(config.max_connections_per_uid));
+    let unread_limit = connection::unread_limit(config.max_connections, descriptor_limit());
+    debug!(
+        unread_replies = unread_limit.replies,
+        unread_bytes = unread_limit.bytes,
+        "bound on unread replies with descriptors, per connection"
+    );
     let mut tasks = JoinSet::new();
     let mut backoff = Duration::ZERO;
     tokio::pin!(stop);
@@ -59,7 +72,11 @@ pub async fn serve(
             }
         };
         let Ok(permit) = limit.clone().try_acquire_owned() else {
-            refuse_busy(&stream, config.max_connections);
+            let max = config.max_connections;
+            refuse_busy(
+                &stream,
+                format!("memseald is at its limit of {max} connections; retry later"),
+            );
             continue;
         };
         let peer = match peer_of(&stream) {
@@ -69,12 +86,25 @@ pub async fn serve(
                 continue;
             }
         };
+        let Some(uid_slot) = per_uid.try_take(peer.uid) else {
+            let max = config.max_connections_per_uid;
+            refuse_busy(
+                &stream,
+                format!(
+                    "uid {} is at its limit of {max} connections to memseald \
+                     (max_connections_per_uid); close some or retry later",
+                    peer.uid
+                ),
+            );
+            continue;
+        };
         debug!(peer = %peer, "accepted");
         let connection = Connection::new(
             stream,
             peer,
             store.clone(),
             config.clone(),
+            unread_limit,
             shutdown_rx.clone(),
         );
         let store = store.clone();
@@ -82,6 +112,7 @@ pub async fn serve(
             store.connection_opened();
             connection.run().await;
             store.connection_closed();
+            drop(uid_slot);
             drop(permit);
         });
     }
@@ -104,6 +135,76 @@ pub async fn serve(
     }
 }
 
+/// Open connections per uid, bounded by `max_connections_per_uid`.
+///
+/// Root and the daemon's own uid are not counted: they are the ones who
+/// run the service, and a cap on them would only lock the administrator out.
+struct UidSlots {
+    max: usize,
+    daemon_uid: u32,
+    open: Mutex<HashMap<u32, usize>>,
+}
+
+impl UidSlots {
+    fn new(max: usize) -> UidSlots {
+        UidSlots {
+            max,
+            daemon_uid: rustix::process::geteuid().as_raw(),
+            open: Mutex::new(HashMap::new()),
+        }
+    }
+
+    /// A slot for one more connection of `uid`, or None at the limit.
+    fn try_take(self: &Arc<Self>, uid: u32) -> Option<UidSlot> {
+        if uid == 0 || uid == self.daemon_uid {
+            return Some(UidSlot {
+                slots: self.clone(),
+                uid: None,
+            });
+        }
+        let mut open = self.open.lock().unwrap_or_else(|e| e.into_inner());
+        let count = open.entry(uid).or_insert(0);
+        if *count >= self.max {
+            return None;
+        }
+        *count += 1;
+        Some(UidSlot {
+            slots: self.clone(),
+            uid: Some(uid),
+        })
+    }
+}
+
+/// One counted connection; gives its slot back when dropped.
+struct UidSlot {
+    slots: Arc<UidSlots>,
+    /// None for an exempt uid, which was not counted.
+    uid: Option<u32>,
+}
+
+impl Drop for UidSlot {
+    fn drop(&mut self) {
+        let Some(uid) = self.uid else { return };
+        let mut open = self.slots.open.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(count) = open.get_mut(&uid) {
+            *count -= 1;
+            // Forget uids with no connection, so the map stays as small as
+            // the set of users connected right now.
+            if *count == 0 {
+                open.remove(&uid);
+            }
+        }
+    }
+}
+
+/// The soft RLIMIT_NOFILE the daemon runs with (already raised to the hard
+/// limit at start where allowed).
+fn descriptor_limit() -> u64 {
+    rustix::process::getrlimit(rustix::process::Resource::Nofile)
+        .current
+        .unwrap_or(u64::MAX)
+}
+
 /// How long to pause after a failed accept. Resource exhaustion backs off
 /// up to a second; other errors (a peer that vanished before we accepted
 /// it) retry at once.
@@ -123,18 +224,14 @@ fn accept_backoff(error: &io::Error, previous: Duration) -> Duration {
     next
 }
 
-/// Tell a client over the limit why it is being closed, without waiting:
-/// the frame fits any empty socket buffer, and a client that cannot take it
+/// Tell a client over a limit why it is being closed, without waiting: the
+/// frame fits any empty socket buffer, and a client that cannot take it
 /// loses nothing it was promised.
-fn refuse_busy(stream: &UnixStream, max: usize) {
-    let reply = Response::error(
-        ErrorCode::Busy,
-        format!("memseald is at its limit of {max} connections; retry later"),
-    );
-    if let Ok(frame) = encode_response(&reply) {
+fn refuse_busy(stream: &UnixStream, message: String) {
+    debug!("refused a connection: {message}");
+    if let Ok(frame) = encode_response(&Response::error(ErrorCode::Busy, message)) {
         let _ = stream.try_write(&frame);
     }
-    debug!("refused a connection: at the limit of {max}");
 }
 
 fn peer_of(stream: &UnixStream) -> io::Result<Peer> {

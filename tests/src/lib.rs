@@ -43,6 +43,9 @@ pub fn bin(name: &str) -> PathBuf {
 pub struct DaemonBuilder {
     args: Vec<String>,
     env: Vec<(String, String)>,
+    /// A program (and its arguments) that runs the daemon, such as
+    /// `prlimit --nofile=64:64`; it must exec memseald in its own process.
+    wrapper: Vec<String>,
 }
 
 impl DaemonBuilder {
@@ -54,6 +57,32 @@ impl DaemonBuilder {
     {
         self.args.extend(args.into_iter().map(Into::into));
         self
+    }
+
+    /// Start the daemon through `program args... memseald ...`, for
+    /// wrappers that exec it in the same process (`prlimit`, `setpriv`),
+    /// so that [`Daemon::pid`] stays the daemon's.
+    pub fn wrapper<I, S>(mut self, program: &str, args: I) -> Self
+    where
+        I: IntoIterator<Item = S>,
+        S: Into<String>,
+    {
+        self.wrapper = std::iter::once(program.to_owned())
+            .chain(args.into_iter().map(Into::into))
+            .collect();
+        self
+    }
+
+    /// The command that starts the daemon, wrapper included.
+    fn command(&self) -> Command {
+        match self.wrapper.split_first() {
+            Some((program, args)) => {
+                let mut command = Command::new(program);
+                command.args(args).arg(bin("memseald"));
+                command
+            }
+            None => Command::new(bin("memseald")),
+        }
     }
 
     /// Set an environment variable for the daemon.
@@ -99,7 +128,7 @@ impl Daemon {
         if !config.exists() {
             fs::write(&config, "").expect("write empty config");
         }
-        let mut command = Command::new(bin("memseald"));
+        let mut command = builder.command();
         command
             .arg("--socket")
             .arg(&socket)
@@ -265,7 +294,7 @@ impl Daemon {
 
     fn spawn_in_place(builder: &DaemonBuilder, socket: &Path, log: &Path) -> Child {
         let config = log.with_file_name("memseald.toml");
-        let mut command = Command::new(bin("memseald"));
+        let mut command = builder.command();
         command
             .arg("--socket")
             .arg(socket)
@@ -376,4 +405,143 @@ impl RawPeer {
         let frame = self.reader.read_frame(self.stream.as_fd())?;
         Ok(memseal_proto::codec::decode_response(&frame.payload, frame.fds)?.message)
     }
+}
+
+/// What `/proc/self/smaps` says about the mapping that contains an address.
+#[derive(Debug, Clone, Default)]
+pub struct MappingStats {
+    /// The header line: range, permissions, offset, device, inode, path.
+    pub header: String,
+    /// The size fields (`Rss`, `ShmemPmdMapped`, ...), in KiB.
+    pub kib: std::collections::HashMap<String, u64>,
+    /// The two-letter flags of `VmFlags` (`rd`, `hg`, `rr`, ...).
+    pub flags: Vec<String>,
+}
+
+impl MappingStats {
+    /// A size field in KiB; 0 if absent.
+    pub fn get(&self, field: &str) -> u64 {
+        self.kib.get(field).copied().unwrap_or(0)
+    }
+
+    /// True if `VmFlags` lists `flag`.
+    pub fn has_flag(&self, flag: &str) -> bool {
+        self.flags.iter().any(|f| f == flag)
+    }
+}
+
+/// The smaps entry of this process's mapping that contains `addr`.
+pub fn mapping_stats(addr: *const u8) -> Option<MappingStats> {
+    let addr = addr as usize;
+    let text = fs::read_to_string("/proc/self/smaps").ok()?;
+    let mut current: Option<MappingStats> = None;
+    for line in text.lines() {
+        let first = line.split_whitespace().next().unwrap_or("");
+        if let Some((start, end)) = first.split_once('-') {
+            if let (Ok(start), Ok(end)) = (
+                usize::from_str_radix(start, 16),
+                usize::from_str_radix(end, 16),
+            ) {
+                if current.is_some() {
+                    break;
+                }
+                if (start..end).contains(&addr) {
+                    current = Some(MappingStats {
+                        header: line.to_owned(),
+                        ..MappingStats::default()
+                    });
+                }
+                continue;
+            }
+        }
+        let Some(stats) = current.as_mut() else {
+            continue;
+        };
+        if let Some(flags) = line.strip_prefix("VmFlags:") {
+            stats.flags = flags.split_whitespace().map(str::to_owned).collect();
+        } else if let Some((key, value)) = line.split_once(':') {
+            if let Some(kib) = value.trim().strip_suffix(" kB") {
+                if let Ok(kib) = kib.trim().parse() {
+                    stats.kib.insert(key.to_owned(), kib);
+                }
+            }
+        }
+    }
+    current
+}
+
+/// The host's switch for transparent huge pages in shared memory.
+pub const SHMEM_ENABLED: &str = "/sys/kernel/mm/transparent_hugepage/shmem_enabled";
+
+/// Serialises the tests of this binary that read or change the host's
+/// shmem huge-page setting.
+static SHMEM_SETTING_LOCK: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+/// Holds the host's shmem huge-page setting for a test, and puts back the
+/// setting it found when dropped, even if the test panics.
+pub struct ShmemHugePagesGuard {
+    previous: Option<String>,
+    _lock: std::sync::MutexGuard<'static, ()>,
+}
+
+impl ShmemHugePagesGuard {
+    /// Keep the setting as it is, but stop other tests of this binary from
+    /// changing it meanwhile.
+    pub fn hold() -> ShmemHugePagesGuard {
+        ShmemHugePagesGuard {
+            previous: None,
+            _lock: SHMEM_SETTING_LOCK.lock().unwrap_or_else(|e| e.into_inner()),
+        }
+    }
+
+    /// Select `mode` (`advise`, `never`, ...) until the guard is dropped.
+    /// Needs root; an error says why it could not be changed.
+    pub fn set(mode: &str) -> Result<ShmemHugePagesGuard, String> {
+        let mut guard = ShmemHugePagesGuard::hold();
+        let previous = selected_shmem_setting()
+            .ok_or_else(|| format!("cannot read {SHMEM_ENABLED}"))?;
+        fs::write(SHMEM_ENABLED, mode)
+            .map_err(|e| format!("cannot write '{mode}' to {SHMEM_ENABLED}: {e}"))?;
+        guard.previous = Some(previous);
+        Ok(guard)
+    }
+}
+
+impl Drop for ShmemHugePagesGuard {
+    fn drop(&mut self) {
+        if let Some(previous) = self.previous.take() {
+            if let Err(e) = fs::write(SHMEM_ENABLED, &previous) {
+                eprintln!("could not restore {SHMEM_ENABLED} to '{previous}': {e}");
+            }
+        }
+    }
+}
+
+/// The selected word of the shmem huge-page setting (`never`, `advise`...).
+pub fn selected_shmem_setting() -> Option<String> {
+    let text = fs::read_to_string(SHMEM_ENABLED).ok()?;
+    let start = text.find('[')? + 1;
+    let end = start + text[start..].find(']')?;
+    Some(text[start..end].to_owned())
+}
+
+/// CRC-32 (IEEE), the checksum Python's `zlib.crc32` computes: lets a test
+/// compare what a child program in another language read.
+pub fn crc32(bytes: &[u8]) -> u32 {
+    let mut crc = !0u32;
+    for &byte in bytes {
+        crc ^= u32::from(byte);
+        for _ in 0..8 {
+            crc = (crc >> 1) ^ (0xEDB8_8320 & (crc & 1).wrapping_neg());
+        }
+    }
+    !crc
+}
+
+/// A Python 3 interpreter that any user can run, if there is one.
+pub fn python3() -> Option<PathBuf> {
+    ["/usr/bin/python3", "/usr/local/bin/python3", "/bin/python3"]
+        .iter()
+        .map(PathBuf::from)
+        .find(|path| path.exists())
 }

@@ -3,6 +3,7 @@
 use super::failure::EXIT_STATUS_HELP;
 use memseal::proto::message::hash_from_hex;
 use memseal::{Hash, Selector};
+use std::ffi::OsString;
 use std::path::PathBuf;
 
 /// Publish, fetch and inspect sealed, immutable assets held by memseald.
@@ -50,6 +51,69 @@ pub enum Command {
     /// Show the daemon's counters and limits.
     #[command(after_help = EXIT_STATUS_HELP)]
     Status,
+    /// Run COMMAND with assets open as inherited, read-only descriptors.
+    ///
+    /// Each asset is fetched and its seals checked, then COMMAND replaces
+    /// this process with, for each asset, a descriptor it can map or read
+    /// and the variables MEMSEAL_FD_<VAR> (the descriptor number),
+    /// MEMSEAL_SIZE_<VAR> (bytes), MEMSEAL_HASH_<VAR> (BLAKE3, hex) and
+    /// MEMSEAL_VERSION_<VAR>. VAR defaults to the name in upper case with
+    /// every character that is not a letter or digit turned into `_`.
+    #[command(after_help = EXEC_HELP)]
+    Exec(ExecArgs),
+    /// Print one line per change under PREFIX as it happens (JSON with --json).
+    #[command(after_help = EXIT_STATUS_HELP)]
+    Watch(WatchArgs),
+    /// Print a completion script for SHELL to standard output.
+    Completions(CompletionsArgs),
+    /// Print the man page (roff) to standard output.
+    Man,
+}
+
+/// The exit statuses of `memseal exec`, which adds two of its own.
+const EXEC_HELP: &str = "\
+Examples:
+  memseal exec --asset models/en.bin -- python3 reader.py
+  memseal exec --asset models/en.bin=MODEL --asset vocab.txt -- ./server
+
+Exit status: that of COMMAND once it runs; before that, the statuses of the
+other commands, and:
+  126  COMMAND could not be run
+  127  COMMAND was not found";
+
+/// Arguments of `memseal exec`.
+#[derive(Debug, clap::Args)]
+pub struct ExecArgs {
+    /// An asset to pass, optionally with the VAR part of its variables.
+    #[arg(long = "asset", value_name = "NAME[=VAR]", required = true, value_parser = parse_asset_spec)]
+    pub assets: Vec<AssetSpec>,
+    /// The program to run and its arguments, after `--`.
+    #[arg(last = true, required = true, value_name = "COMMAND")]
+    pub command: Vec<OsString>,
+}
+
+/// One `--asset NAME[=VAR]`.
+#[derive(Debug, Clone)]
+pub struct AssetSpec {
+    /// The asset name.
+    pub name: String,
+    /// The suffix of its environment variables.
+    pub var: String,
+}
+
+/// Arguments of `memseal watch`.
+#[derive(Debug, clap::Args)]
+pub struct WatchArgs {
+    /// Only names that start with this; every name without it.
+    #[arg(default_value = "")]
+    pub prefix: String,
+}
+
+/// Arguments of `memseal completions`.
+#[derive(Debug, clap::Args)]
+pub struct CompletionsArgs {
+    /// The shell to write completions for.
+    pub shell: clap_complete::Shell,
 }
 
 /// Arguments of `memseal publish`.
@@ -123,6 +187,40 @@ impl SelectorArgs {
             (None, None) => Selector::Latest,
         }
     }
+}
+
+/// The variable suffix for an asset name: upper case, and every byte that
+/// is not an ASCII letter or digit turned into `_` (`models/en.bin` becomes
+/// `MODELS_EN_BIN`), as PROTOCOL.md's convention for passing assets says.
+pub fn default_var(name: &str) -> String {
+    name.bytes()
+        .map(|b| {
+            if b.is_ascii_alphanumeric() {
+                b.to_ascii_uppercase() as char
+            } else {
+                '_'
+            }
+        })
+        .collect()
+}
+
+fn parse_asset_spec(text: &str) -> Result<AssetSpec, String> {
+    let (name, var) = match text.split_once('=') {
+        Some((name, var)) => (name, var.to_owned()),
+        None => (text, default_var(text)),
+    };
+    if name.is_empty() {
+        return Err("the asset name is empty".to_owned());
+    }
+    if var.is_empty() || !var.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_') {
+        return Err(format!(
+            "'{var}' cannot be part of an environment variable name: use letters, digits and _"
+        ));
+    }
+    Ok(AssetSpec {
+        name: name.to_owned(),
+        var,
+    })
 }
 
 fn parse_hash(text: &str) -> Result<Hash, String> {

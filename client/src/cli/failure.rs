@@ -10,6 +10,8 @@
 //! | 5      | permission denied by the daemon's access policy                |
 //! | 6      | input refused: invalid name, too large, over budget, bad source |
 //! | 7      | protocol or verification failure: the daemon misbehaved        |
+//! | 126    | `exec`: the command could not be run                           |
+//! | 127    | `exec`: the command was not found                              |
 
 use memseal::{Error, ErrorCode, HandshakeError};
 use std::io;
@@ -35,6 +37,8 @@ pub enum Status {
     Ok = 0,
     /// Anything not covered below.
     Other = 1,
+    /// The arguments make no sense together (clap catches the rest).
+    Usage = 2,
     /// The daemon could not be reached or trusted.
     Unreachable = 3,
     /// The asset does not exist.
@@ -45,6 +49,10 @@ pub enum Status {
     Refused = 6,
     /// The daemon broke the protocol or sent something unsafe.
     Misbehaved = 7,
+    /// `exec` could not run the command (as shells report it).
+    CannotExec = 126,
+    /// `exec` did not find the command (as shells report it).
+    CommandNotFound = 127,
 }
 
 /// A failed command.

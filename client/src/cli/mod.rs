@@ -7,6 +7,10 @@
 //! memseal [--socket PATH] [--json] stat NAME [--version N | --hash HEX]
 //! memseal [--socket PATH] [--json] rm NAME [--version N]
 //! memseal [--socket PATH] [--json] status
+//! memseal [--socket PATH] exec --asset NAME[=VAR]... -- COMMAND [ARGS]
+//! memseal [--socket PATH] [--json] watch [PREFIX]
+//! memseal completions SHELL
+//! memseal man
 //! ```
 //!
 //! Each run parses the command line ([`args`]), connects with the library's
@@ -20,16 +24,20 @@
 //! the Unix epoch.
 
 mod args;
+mod exec;
 mod failure;
 mod format;
+mod generate;
 mod get;
 mod ls;
 mod memfd;
 mod output;
+mod progress;
 mod publish;
 mod rm;
 mod stat;
 mod status;
+mod watch;
 
 use args::{Cli, Command};
 use clap::Parser;
@@ -49,8 +57,16 @@ pub fn main() -> ExitCode {
 }
 
 fn run(cli: &Cli) -> Result<(), Failure> {
-    let mut client = connect(cli)?;
     let mut out = Output::new(cli.json);
+    // The commands that need no daemon, or take the connection over.
+    match &cli.command {
+        Command::Completions(args) => return generate::completions(args, &mut out),
+        Command::Man => return generate::man(&mut out),
+        Command::Exec(args) => return exec::run(connect(cli)?, args),
+        Command::Watch(args) => return watch::run(connect(cli)?, args, &mut out),
+        _ => {}
+    }
+    let mut client = connect(cli)?;
     match &cli.command {
         Command::Publish(args) => publish::run(&mut client, args, &mut out),
         Command::Get(args) => get::run(&mut client, args, &mut out),
@@ -58,6 +74,9 @@ fn run(cli: &Cli) -> Result<(), Failure> {
         Command::Stat(args) => stat::run(&mut client, args, &mut out),
         Command::Rm(args) => rm::run(&mut client, args, &mut out),
         Command::Status => status::run(&mut client, &mut out),
+        Command::Exec(_) | Command::Watch(_) | Command::Completions(_) | Command::Man => {
+            unreachable!("handled above")
+        }
     }
 }
 

@@ -5,6 +5,7 @@ use super::failure::Failure;
 use super::format::{asset_json, human_size};
 use super::memfd;
 use super::output::Output;
+use super::progress::Progress;
 use memseal::proto::message::hash_to_hex;
 use memseal::proto::name::validate_name;
 use memseal::{AssetInfo, Client};
@@ -65,6 +66,13 @@ fn publish_input(
             let file = File::from(
                 fd.try_clone_to_owned()
                     .map_err(|e| Failure::io(format!("cannot duplicate {label}"), e))?,
+            );
+            // The daemon copies and hashes the file in one request: there
+            // is no progress to show, only that it is working.
+            let size = u64::try_from(stat.st_size).unwrap_or(0);
+            let _spinner = Progress::waiting(
+                size,
+                &format!("publishing {name} ({}): memseald copies and hashes it", human_size(size)),
             );
             Ok(client.publish_file(name, &file)?)
         }

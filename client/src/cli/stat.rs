@@ -5,13 +5,20 @@ use super::failure::Failure;
 use super::format::{age, asset_json, human_size, pairs, utc_timestamp};
 use super::output::Output;
 use memseal::proto::message::hash_to_hex;
-use memseal::Client;
+use memseal::{Client, ShmemHugePages};
+use serde_json::json;
+
+/// The smallest asset a huge page can back.
+const HUGE_PAGE: u64 = 2 << 20;
 
 /// Show every field of one version.
 pub fn run(client: &mut Client, args: &StatArgs, out: &mut Output) -> Result<(), Failure> {
     let info = client.stat(&args.name, args.selector.selector())?;
+    let huge = huge_pages(info.size);
     if out.json {
-        return out.json(&asset_json(&info));
+        let mut value = asset_json(&info);
+        value["huge_pages"] = json!({ "usable": huge.0, "why": huge.1 });
+        return out.json(&value);
     }
     let rows = [
         ("name", info.name.clone()),
@@ -30,6 +37,20 @@ pub fn run(client: &mut Client, args: &StatArgs, out: &mut Output) -> Result<(),
             ),
         ),
         ("publisher", format!("uid {}", info.publisher_uid)),
+        ("huge pages", huge.1),
     ];
     out.text(&pairs(&rows))
+}
+
+/// Whether readers can map an asset of `size` bytes with huge pages, and
+/// why, as far as this host says. The daemon and this command normally run
+/// on the same host, which owns the setting.
+pub fn huge_pages(size: u64) -> (bool, String) {
+    if size < HUGE_PAGE {
+        return (false, "no (smaller than one 2 MiB huge page)".to_owned());
+    }
+    match ShmemHugePages::read() {
+        Ok(setting) => (setting.usable(), setting.to_string()),
+        Err(e) => (false, format!("unknown ({e})")),
+    }
 }

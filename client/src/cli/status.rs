@@ -3,7 +3,7 @@
 use super::failure::Failure;
 use super::format::{human_duration, human_size, pairs};
 use super::output::Output;
-use memseal::Client;
+use memseal::{Client, ShmemHugePages};
 use serde_json::json;
 use std::time::Duration;
 
@@ -12,6 +12,10 @@ pub fn run(client: &mut Client, out: &mut Output) -> Result<(), Failure> {
     let status = client.status()?;
     let limits = *client.limits();
     let socket = client.socket_path().display().to_string();
+    let huge_pages = match ShmemHugePages::read() {
+        Ok(setting) => setting.to_string(),
+        Err(e) => format!("unknown ({e})"),
+    };
     if out.json {
         return out.json(&json!({
             "socket": socket,
@@ -22,6 +26,7 @@ pub fn run(client: &mut Client, out: &mut Output) -> Result<(), Failure> {
             "blobs": status.blobs,
             "bytes": status.bytes,
             "connections": status.connections,
+            "huge_pages": huge_pages,
             "limits": {
                 "max_frame_len": limits.max_frame_len,
                 "max_asset_size": limits.max_asset_size,
@@ -46,6 +51,7 @@ pub fn run(client: &mut Client, out: &mut Output) -> Result<(), Failure> {
             format!("{} ({} bytes)", human_size(status.bytes), status.bytes),
         ),
         ("connections", status.connections.to_string()),
+        ("huge pages", huge_pages),
         ("max asset", human_size(limits.max_asset_size)),
         ("budget", human_size(limits.max_total_bytes)),
         (

@@ -1,0 +1,9 @@
+//! The five measurements of the issue, one module each. Every `run` takes
+//! the shared [`Bench`](crate::harness::Bench) and returns its table(s) and
+//! the targets it checks.
+
+pub mod compare;
+pub mod fetch;
+pub mod footprint;
+pub mod memory;
+pub mod publish;

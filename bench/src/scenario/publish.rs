@@ -1,0 +1,164 @@
+//! 4. Publish throughput: the three ways bytes get into the daemon, beside
+//! `cp` into tmpfs and the BLAKE3 hash rate of the same bytes.
+//!
+//! Every publish ends with the daemon hashing the asset, so no publish can
+//! beat hashing alone: that is the floor for adoption, which copies
+//! nothing. A file publish copies the file kernel-side into a new memfd,
+//! the same work `cp` into tmpfs does, plus the hash.
+
+use crate::data::{self, size_label};
+use crate::harness::Bench;
+use crate::report::{col, num, text, Kind, Section, Target};
+use std::fs::File;
+use std::io;
+use std::os::fd::AsFd;
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+/// Sizes of the publish rows.
+const SIZES: [usize; 2] = [64 << 20, 1 << 30];
+
+/// A file publish must reach this share of `cp`'s throughput.
+const FILE_VS_CP: f64 = 0.5;
+
+/// An adoption may take at most this multiple of hashing alone.
+const ADOPT_VS_HASH: f64 = 1.2;
+
+/// Run the publish table.
+pub fn run(bench: &Bench) -> io::Result<(Section, Vec<Target>)> {
+    let mut section = Section::new(
+        "Publish throughput",
+        "Median time of one publish, client call to reply, and the resulting rate. \
+         stream: publish_bytes sends the bytes over the socket; the daemon writes them \
+         into a new memfd with pwrite and hashes them. file: publish_file sends the \
+         descriptor of a file in tmpfs; the daemon copies it kernel-side into a new \
+         memfd and hashes it. adopt: publish_sealed sends a memfd the publisher already \
+         sealed; the daemon hashes it in place and copies nothing. cp: `cp` of the same \
+         file to another file in tmpfs, process start included. hash: BLAKE3 of the \
+         same bytes already in memory, on one thread and on all CPUs. No pinning.",
+        vec![
+            col("size", Kind::Text),
+            col("method", Kind::Text),
+            col("p50 ms", Kind::Number),
+            col("GB/s", Kind::Number),
+            col("rate / cp rate", Kind::Ratio),
+            col("time / hash time (all CPUs)", Kind::Ratio),
+        ],
+    );
+    let mut targets = Vec::new();
+    let sizes: &[usize] = if bench.options.quick {
+        &SIZES[..1]
+    } else {
+        &SIZES
+    };
+    let runs = bench.effort.publish_runs;
+    let mut client =
+        memseal::Client::connect_to(bench.daemon.socket()).map_err(io::Error::other)?;
+    for &size in sizes {
+        let label = size_label(size);
+        eprintln!("  publishing {label}");
+        // Content of its own, so it is not deduplicated against the fetch assets.
+        let mut bytes = data::content(size + 2);
+        bytes.truncate(size);
+        let source = bench.dir.path().join("publish-source.bin");
+        let copy = bench.dir.path().join("publish-copy.bin");
+        data::write_file(&source, &bytes)?;
+        let memfd = data::sealed_memfd("bench-adopt", &bytes)?;
+
+        let stream = time(runs, || {
+            client
+                .publish_bytes("publish/stream", &bytes)
+                .map(drop)
+                .map_err(io::Error::other)
+        })?;
+        let file = time(runs, || {
+            client
+                .publish_file("publish/file", &File::open(&source)?)
+                .map(drop)
+                .map_err(io::Error::other)
+        })?;
+        let adopt = time(runs, || {
+            client
+                .publish_sealed("publish/adopt", memfd.as_fd())
+                .map(drop)
+                .map_err(io::Error::other)
+        })?;
+        let cp = time(runs, || {
+            let status = Command::new("cp").arg(&source).arg(&copy).status()?;
+            std::fs::remove_file(&copy)?;
+            if status.success() {
+                Ok(())
+            } else {
+                Err(io::Error::other(format!("cp failed: {status}")))
+            }
+        })?;
+        let hash_one = time(runs, || {
+            std::hint::black_box(blake3::Hasher::new().update(&bytes).finalize());
+            Ok(())
+        })?;
+        let hash_all = time(runs, || {
+            std::hint::black_box(blake3::Hasher::new().update_rayon(&bytes).finalize());
+            Ok(())
+        })?;
+        for name in ["publish/stream", "publish/file", "publish/adopt"] {
+            client.remove(name, None).map_err(io::Error::other)?;
+        }
+        drop(memfd);
+        std::fs::remove_file(&source)?;
+
+        let rate = |d: Duration| size as f64 / d.as_secs_f64() / 1e9;
+        for (method, d) in [
+            ("stream", stream),
+            ("file", file),
+            ("adopt", adopt),
+            ("cp into tmpfs", cp),
+            ("BLAKE3, 1 thread", hash_one),
+            ("BLAKE3, all CPUs", hash_all),
+        ] {
+            section.push(vec![
+                text(&label),
+                text(method),
+                num(d.as_secs_f64() * 1e3),
+                num(rate(d)),
+                num(rate(d) / rate(cp)),
+                num(d.as_secs_f64() / hash_all.as_secs_f64()),
+            ]);
+        }
+        let file_share = rate(file) / rate(cp);
+        targets.push(Target {
+            what: format!("file publish vs cp into tmpfs, {label}"),
+            goal: format!(">= {FILE_VS_CP}x cp's rate"),
+            measured: format!(
+                "{file_share:.2}x ({:.2} GB/s vs {:.2} GB/s)",
+                rate(file),
+                rate(cp)
+            ),
+            met: file_share >= FILE_VS_CP,
+        });
+        let adopt_ratio = adopt.as_secs_f64() / hash_all.as_secs_f64();
+        targets.push(Target {
+            what: format!("adopt vs BLAKE3 on all CPUs, {label}"),
+            goal: format!("<= {ADOPT_VS_HASH}x the hash time"),
+            measured: format!(
+                "{adopt_ratio:.2}x ({:.1} ms vs {:.1} ms; 1-thread hash {:.1} ms)",
+                adopt.as_secs_f64() * 1e3,
+                hash_all.as_secs_f64() * 1e3,
+                hash_one.as_secs_f64() * 1e3
+            ),
+            met: adopt_ratio <= ADOPT_VS_HASH,
+        });
+    }
+    Ok((section, targets))
+}
+
+/// The median time of `runs` runs of `op`.
+fn time(runs: usize, mut op: impl FnMut() -> io::Result<()>) -> io::Result<Duration> {
+    let mut times = Vec::with_capacity(runs);
+    for _ in 0..runs.max(1) {
+        let start = Instant::now();
+        op()?;
+        times.push(start.elapsed());
+    }
+    times.sort_unstable();
+    Ok(times[times.len() / 2])
+}

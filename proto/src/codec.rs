@@ -283,6 +283,29 @@ mod tests {
     }
 
     #[test]
+    fn error_codes_travel_as_their_discriminants() {
+        // serde encodes the variant's position; PROTOCOL.md documents the
+        // discriminants. They must stay equal.
+        use ErrorCode::*;
+        for code in [
+            NotFound,
+            InvalidName,
+            TooLarge,
+            OverBudget,
+            PermissionDenied,
+            ProtocolError,
+            Busy,
+            Internal,
+            UnsupportedVersion,
+            InvalidSource,
+        ] {
+            let frame = encode_response(&Response::error(code, "")).unwrap();
+            // length (4), fds (1), Response::Error index (1), then the code.
+            assert_eq!(frame[6], code as u8, "{code:?}");
+        }
+    }
+
+    #[test]
     fn snapshot_round_trip_and_foreign_bytes() {
         let snapshot = Snapshot {
             format: 1,

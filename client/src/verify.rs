@@ -331,22 +331,35 @@ fn read_all(fd: BorrowedFd<'_>, len: usize) -> io::Result<Box<[u8]>> {
 /// Also used before publishing a caller's memfd, so the daemon is never sent
 /// something it would refuse to adopt.
 pub(crate) fn check_sealed(fd: BorrowedFd<'_>) -> Result<u64, VerifyError> {
-    let stat = fstat(fd).map_err(|e| VerifyError::Stat(e.into()))?;
-    let file_type = FileType::from_raw_mode(stat.st_mode);
-    if file_type != FileType::RegularFile {
-        return Err(VerifyError::NotRegularFile {
-            kind: file_type_name(file_type),
-        });
-    }
-    let seals = fcntl_get_seals(fd).map_err(VerifyError::NotSealable)?;
+    let regular = |stat: &rustix::fs::Stat| {
+        let file_type = FileType::from_raw_mode(stat.st_mode);
+        if file_type == FileType::RegularFile {
+            Ok(())
+        } else {
+            Err(VerifyError::NotRegularFile {
+                kind: file_type_name(file_type),
+            })
+        }
+    };
+    // The seals first: F_GET_SEALS succeeds only on shmem files, so on the
+    // path every fetch takes a single fstat, made once the size can no
+    // longer change, answers both "what is it" and "how large". A failure
+    // pays for a second look to say what the descriptor is instead.
+    let seals = match fcntl_get_seals(fd) {
+        Ok(seals) => seals,
+        Err(errno) => {
+            regular(&fstat(fd).map_err(|e| VerifyError::Stat(e.into()))?)?;
+            return Err(VerifyError::NotSealable(errno));
+        }
+    };
     if !seals.contains(REQUIRED_SEALS) {
         return Err(VerifyError::MissingSeals {
             have: seals.bits(),
             missing: REQUIRED_SEALS.difference(seals).bits(),
         });
     }
-    // Measured again now that the size can no longer change.
     let stat = fstat(fd).map_err(|e| VerifyError::Stat(e.into()))?;
+    regular(&stat)?;
     // st_size of a regular file is never negative; treat it as a bad stat
     // rather than wrapping if a kernel ever said otherwise.
     u64::try_from(stat.st_size)

@@ -280,6 +280,15 @@ impl Connection {
     async fn next_frame(&mut self, idle_deadline: Option<Instant>) -> Result<RawFrame, End> {
         let mut frame_deadline = None;
         loop {
+            // A frame that arrived with the previous read is served first,
+            // without waiting for the socket.
+            if self.reader.has_frame() {
+                match self.reader.read_step(self.stream.as_fd()) {
+                    Ok(Some(frame)) => return Ok(frame),
+                    Ok(None) => {}
+                    Err(e) => return Err(End::Peer(e)),
+                }
+            }
             if self.reader.in_frame() && frame_deadline.is_none() {
                 frame_deadline = Some(Instant::now() + self.config.io_timeout);
             }
@@ -637,7 +646,12 @@ impl Connection {
     }
 
     /// Read some raw upload bytes, waiting at most until `deadline`.
-    async fn read_raw(&self, buffer: &mut [u8], deadline: Instant) -> Result<usize, End> {
+    /// Bytes that arrived together with the publish request come first.
+    async fn read_raw(&mut self, buffer: &mut [u8], deadline: Instant) -> Result<usize, End> {
+        let buffered = self.reader.take_raw(buffer).map_err(End::Peer)?;
+        if buffered > 0 {
+            return Ok(buffered);
+        }
         loop {
             tokio::time::timeout_at(deadline, self.stream.readable())
                 .await

@@ -2,13 +2,10 @@
 //!
 //! Descriptors ride as `SCM_RIGHTS` on the first byte of a frame. On a
 //! stream socket the kernel may hand one `recvmsg` the tail of one frame and
-//! the head of the next, descriptors included, so the receiver here never
-//! asks for more than the rest of the current frame: first exactly the
-//! 4-byte length prefix, then exactly the payload. Descriptors can then
-//! never cross from one frame into another: they are accepted only from the
-//! call that reads the frame's first byte (which, if the sender split the
-//! prefix, may also carry the next prefix bytes and their descriptors), and
-//! a descriptor arriving with any payload byte is a protocol error.
+//! the head of the next, but it ends the call right after the first chunk
+//! that carries descriptors; the receiver uses that to tie descriptors to
+//! the frame they started (see [`FrameReader`]), and refuses descriptors
+//! that arrive in the middle of a frame.
 //!
 //! Every receive passes a control buffer with room for more descriptors
 //! than any frame may carry (so surplus ones are seen and closed rather than
@@ -87,75 +84,173 @@ fn recv_with_fds(socket: BorrowedFd<'_>, buf: &mut [u8]) -> Result<Received, Fra
     })
 }
 
-/// Reassembles one frame at a time from a stream socket.
+/// Reassembles frames from a stream socket, one `recvmsg` at a time.
+///
+/// Each receive takes whatever the socket holds, up to the free room of a
+/// small buffer (grown only while a large frame is being read), so a
+/// request usually costs one system call whatever its length, and
+/// pipelined frames are split from the buffer without further calls.
+///
+/// Descriptors are tied to frames by where they arrive. The kernel ends a
+/// `recvmsg` right after the first chunk that carries descriptors, and a
+/// sender attaches them to a frame's first byte, so descriptors that
+/// arrive with a read belong to the last frame that *starts* within that
+/// read. A read that starts no frame but brings descriptors is a protocol
+/// error (they rode on a byte in the middle of a frame), and so is a second
+/// batch for the same frame. Every descriptor not handed out is closed
+/// when its error is returned or the reader is dropped.
 #[derive(Debug, Default)]
 pub struct FrameReader {
-    header: [u8; HEADER_LEN],
-    header_filled: usize,
-    payload: Vec<u8>,
-    payload_filled: usize,
-    fds: Vec<OwnedFd>,
+    /// Received bytes not yet handed out: `buf[start..end]`.
+    buf: Vec<u8>,
+    start: usize,
+    end: usize,
+    /// Stream offset of `buf[start]`, which is always a frame boundary.
+    offset: u64,
+    /// Descriptors waiting for the frame that starts at the given offset.
+    pending: Vec<(u64, Vec<OwnedFd>)>,
 }
+
+/// The smallest receive buffer: room for any common request or reply in
+/// one read, small enough that idle connections cost little.
+const MIN_BUFFER: usize = 1024;
 
 impl FrameReader {
     pub fn new() -> Self {
         Self::default()
     }
 
-    /// True once any byte of the current frame has arrived.
+    /// True once any byte of a frame not yet returned has arrived.
     pub fn in_frame(&self) -> bool {
-        self.header_filled > 0
+        self.end > self.start
     }
 
-    /// Make progress with one `recvmsg`. Returns the frame once it is
-    /// complete, `None` if more bytes are needed. On a non-blocking socket
-    /// with nothing to read this returns `FrameError::Io(WouldBlock)` and
-    /// may be called again later.
-    pub fn read_step(&mut self, socket: BorrowedFd<'_>) -> Result<Option<RawFrame>, FrameError> {
-        if self.header_filled < HEADER_LEN {
-            let first_byte = self.header_filled == 0;
-            let received = recv_with_fds(socket, &mut self.header[self.header_filled..])?;
-            if received.bytes == 0 {
-                return Err(self.eof());
-            }
-            if !received.fds.is_empty() {
-                if !first_byte {
-                    return Err(FrameError::MisplacedDescriptor);
-                }
-                if received.fds.len() > crate::MAX_FDS_PER_FRAME as usize {
-                    return Err(FrameError::DescriptorCount {
-                        declared: crate::MAX_FDS_PER_FRAME,
-                        received: received.fds.len(),
-                    });
-                }
-                self.fds = received.fds;
-            }
-            self.header_filled += received.bytes;
-            if self.header_filled < HEADER_LEN {
-                return Ok(None);
-            }
-            // Refuses a hostile length before allocating anything for it.
-            let len = parse_header(self.header)?;
-            self.payload = vec![0; len];
-            self.payload_filled = 0;
+    /// True if a complete frame is buffered: the next `read_step` returns
+    /// it without a system call.
+    pub fn has_frame(&self) -> bool {
+        matches!(self.buffered_frame_len(), Ok(Some(_)))
+    }
+
+    /// The length (prefix included) of the frame at `start`, if complete.
+    fn buffered_frame_len(&self) -> Result<Option<usize>, FrameError> {
+        let available = self.end - self.start;
+        if available < HEADER_LEN {
+            return Ok(None);
         }
-        let received = recv_with_fds(socket, &mut self.payload[self.payload_filled..])?;
+        let header: [u8; HEADER_LEN] = self.buf[self.start..self.start + HEADER_LEN]
+            .try_into()
+            .expect("four bytes");
+        let total = HEADER_LEN + parse_header(header)?;
+        Ok((available >= total).then_some(total))
+    }
+
+    /// Hand out the complete frame at the front of the buffer, if any.
+    fn pop_frame(&mut self) -> Result<Option<RawFrame>, FrameError> {
+        let Some(total) = self.buffered_frame_len()? else {
+            return Ok(None);
+        };
+        let payload = self.buf[self.start + HEADER_LEN..self.start + total].to_vec();
+        let fds = match self.pending.iter().position(|(at, _)| *at == self.offset) {
+            Some(index) => self.pending.swap_remove(index).1,
+            None => Vec::new(),
+        };
+        self.start += total;
+        self.offset += total as u64;
+        if self.start == self.end {
+            self.start = 0;
+            self.end = 0;
+            // A large frame grew the buffer; give the memory back.
+            if self.buf.len() > 4 * MIN_BUFFER {
+                self.buf = Vec::new();
+            }
+        }
+        Ok(Some(RawFrame { payload, fds }))
+    }
+
+    /// Make room for the next read: at least the rest of the current frame
+    /// when its length is known, at least [`MIN_BUFFER`] otherwise.
+    fn make_room(&mut self) -> Result<(), FrameError> {
+        if self.start > 0 {
+            self.buf.copy_within(self.start..self.end, 0);
+            self.end -= self.start;
+            self.start = 0;
+        }
+        let mut wanted = MIN_BUFFER;
+        if self.end >= HEADER_LEN {
+            let header: [u8; HEADER_LEN] = self.buf[..HEADER_LEN].try_into().expect("four bytes");
+            // Refuses a hostile length before allocating anything for it.
+            wanted = wanted.max(HEADER_LEN + parse_header(header)?);
+        }
+        if self.buf.len() < wanted {
+            self.buf.resize(wanted, 0);
+        }
+        Ok(())
+    }
+
+    /// Tie descriptors that arrived with the bytes at stream offsets
+    /// `[from, to)` to the last frame starting in that range.
+    fn attach(&mut self, from: u64, to: u64, fds: Vec<OwnedFd>) -> Result<(), FrameError> {
+        let mut boundary = self.offset;
+        let mut at = self.start;
+        let mut owner = None;
+        while boundary < to {
+            if boundary >= from {
+                owner = Some(boundary);
+            }
+            if self.end - at < HEADER_LEN {
+                break;
+            }
+            let header: [u8; HEADER_LEN] = self.buf[at..at + HEADER_LEN].try_into().expect("four bytes");
+            let total = HEADER_LEN + parse_header(header)?;
+            boundary += total as u64;
+            at += total;
+            if at > self.end {
+                break;
+            }
+        }
+        let owner = owner.ok_or(FrameError::MisplacedDescriptor)?;
+        if self.pending.iter().any(|(at, _)| *at == owner) {
+            return Err(FrameError::MisplacedDescriptor);
+        }
+        self.pending.push((owner, fds));
+        Ok(())
+    }
+
+    /// Return the next frame: from the buffer if one is complete, else
+    /// after one `recvmsg`. `None` means more bytes are needed. On a
+    /// non-blocking socket with nothing to read this returns
+    /// `FrameError::Io(WouldBlock)` and may be called again later.
+    pub fn read_step(&mut self, socket: BorrowedFd<'_>) -> Result<Option<RawFrame>, FrameError> {
+        let step = self.step(socket);
+        if matches!(&step, Err(e) if !e.is_would_block()) {
+            // The stream is unusable now: close every descriptor at once
+            // rather than when the reader is dropped.
+            self.pending.clear();
+        }
+        step
+    }
+
+    fn step(&mut self, socket: BorrowedFd<'_>) -> Result<Option<RawFrame>, FrameError> {
+        if let Some(frame) = self.pop_frame()? {
+            return Ok(Some(frame));
+        }
+        self.make_room()?;
+        let from = self.offset + (self.end - self.start) as u64;
+        let received = recv_with_fds(socket, &mut self.buf[self.end..])?;
         if received.bytes == 0 {
             return Err(self.eof());
         }
+        self.end += received.bytes;
         if !received.fds.is_empty() {
-            return Err(FrameError::MisplacedDescriptor);
+            if received.fds.len() > crate::MAX_FDS_PER_FRAME as usize {
+                return Err(FrameError::DescriptorCount {
+                    declared: crate::MAX_FDS_PER_FRAME,
+                    received: received.fds.len(),
+                });
+            }
+            self.attach(from, from + received.bytes as u64, received.fds)?;
         }
-        self.payload_filled += received.bytes;
-        if self.payload_filled < self.payload.len() {
-            return Ok(None);
-        }
-        self.header_filled = 0;
-        self.payload_filled = 0;
-        Ok(Some(RawFrame {
-            payload: std::mem::take(&mut self.payload),
-            fds: std::mem::take(&mut self.fds),
-        }))
+        self.pop_frame()
     }
 
     /// Read a whole frame from a blocking socket.
@@ -167,15 +262,35 @@ impl FrameReader {
         }
     }
 
+    /// Take up to `out.len()` buffered bytes that follow the last frame, as
+    /// raw data (the body of a streamed publish that arrived together with
+    /// its request). Descriptors waiting in the buffer cannot belong to raw
+    /// data: they are an error.
+    pub fn take_raw(&mut self, out: &mut [u8]) -> Result<usize, FrameError> {
+        if !self.pending.is_empty() {
+            self.pending.clear();
+            return Err(FrameError::MisplacedDescriptor);
+        }
+        let n = out.len().min(self.end - self.start);
+        out[..n].copy_from_slice(&self.buf[self.start..self.start + n]);
+        self.start += n;
+        self.offset += n as u64;
+        Ok(n)
+    }
+
     fn eof(&self) -> FrameError {
-        if self.header_filled == 0 {
+        let received = self.end - self.start;
+        if received == 0 {
             return FrameError::Closed;
         }
-        let received = self.header_filled + self.payload_filled;
-        let expected = if self.header_filled < HEADER_LEN {
-            HEADER_LEN
-        } else {
-            HEADER_LEN + self.payload.len()
+        let expected = match self.buffered_frame_len() {
+            _ if received < HEADER_LEN => HEADER_LEN,
+            _ => {
+                let header: [u8; HEADER_LEN] = self.buf[self.start..self.start + HEADER_LEN]
+                    .try_into()
+                    .expect("four bytes");
+                HEADER_LEN + parse_header(header).unwrap_or(0)
+            }
         };
         FrameError::Truncated { received, expected }
     }
@@ -306,11 +421,16 @@ mod tests {
         let (a, b) = pair();
         let file = marker("memseal-test-misplaced");
         let frame = encode_response(&Response::Continue).unwrap();
-        // The length prefix alone, then the payload with a descriptor on it.
-        (&a).write_all(&frame[..4]).unwrap();
-        a.send_with_fd(&frame[4..], &[file.as_raw_fd()]).unwrap();
-        drop(file);
+        // Most of a frame, read by the receiver; then its last byte with a
+        // descriptor on it. (Had both parts been waiting together, one read
+        // would take them and the descriptor would count as the frame's:
+        // the receiver cannot tell which byte of a read it rode on.)
+        (&a).write_all(&frame[..frame.len() - 1]).unwrap();
         let mut reader = FrameReader::new();
+        assert!(reader.read_step(b.as_fd()).unwrap().is_none());
+        a.send_with_fd(&frame[frame.len() - 1..], &[file.as_raw_fd()])
+            .unwrap();
+        drop(file);
         let err = reader.read_frame(b.as_fd()).unwrap_err();
         assert!(matches!(err, FrameError::MisplacedDescriptor), "{err}");
         assert_eq!(open_count("memseal-test-misplaced"), 0);
@@ -327,6 +447,43 @@ mod tests {
         let err = FrameReader::new().read_frame(b.as_fd()).unwrap_err();
         assert!(matches!(err, FrameError::ControlTruncated), "{err}");
         assert_eq!(open_count("memseal-test-flood"), 0);
+    }
+
+    #[test]
+    fn pipelined_frames_come_out_one_by_one_with_their_descriptors() {
+        let (a, b) = pair();
+        let file = marker("memseal-test-pipelined");
+        let plain = encode_response(&Response::Continue).unwrap();
+        let mut declared = plain.clone();
+        declared[4] = 1;
+        // plain, plain+fd, plain: the kernel ends a read after the chunk
+        // with the descriptor, so at most two reads deliver all three.
+        (&a).write_all(&plain).unwrap();
+        FrameWriter::new(declared, Some(file.as_fd())).write_all(&a).unwrap();
+        (&a).write_all(&plain).unwrap();
+        let mut reader = FrameReader::new();
+        let counts: Vec<usize> = (0..3)
+            .map(|_| reader.read_frame(b.as_fd()).unwrap().fds.len())
+            .collect();
+        assert_eq!(counts, [0, 1, 0]);
+        assert!(!reader.in_frame());
+    }
+
+    #[test]
+    fn raw_bytes_after_a_frame_are_taken_from_the_buffer() {
+        let (a, b) = pair();
+        let mut bytes = encode_response(&Response::Continue).unwrap();
+        bytes.extend_from_slice(b"raw tail");
+        (&a).write_all(&bytes).unwrap();
+        let mut reader = FrameReader::new();
+        reader.read_frame(b.as_fd()).unwrap();
+        let mut out = [0u8; 3];
+        assert_eq!(reader.take_raw(&mut out).unwrap(), 3);
+        assert_eq!(&out, b"raw");
+        let mut out = [0u8; 64];
+        assert_eq!(reader.take_raw(&mut out).unwrap(), 5);
+        assert_eq!(&out[..5], b" tail");
+        assert_eq!(reader.take_raw(&mut out).unwrap(), 0);
     }
 
     #[test]

@@ -329,6 +329,12 @@ fn serve(
                     None,
                 )
             }
+            // The fake daemon does not stream events; the real one is
+            // tested in tests/tests/watch.rs.
+            Request::Watch { .. } => (
+                Response::error(ErrorCode::Internal, "the fake daemon cannot watch"),
+                None,
+            ),
         };
         send(&stream, &response, fd.as_ref().map(|fd| fd.as_fd()));
     }

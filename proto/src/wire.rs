@@ -109,6 +109,9 @@ pub struct FrameReader {
     offset: u64,
     /// Descriptors waiting for the frame that starts at the given offset.
     pending: Vec<(u64, Vec<OwnedFd>)>,
+    /// The last receive returned less than it had room for, and no
+    /// descriptor: the socket held nothing more at that moment.
+    drained: bool,
 }
 
 /// The smallest receive buffer: room for any common request or reply in
@@ -123,6 +126,14 @@ impl FrameReader {
     /// True once any byte of a frame not yet returned has arrived.
     pub fn in_frame(&self) -> bool {
         self.end > self.start
+    }
+
+    /// True when the last receive emptied the socket (it returned fewer
+    /// bytes than there was room for, and no descriptor, which would have
+    /// ended it early). A non-blocking caller can then wait for readiness
+    /// instead of trying a receive that would only say `WouldBlock`.
+    pub fn socket_drained(&self) -> bool {
+        self.drained && !self.has_frame()
     }
 
     /// True if a complete frame is buffered: the next `read_step` returns
@@ -236,10 +247,13 @@ impl FrameReader {
         }
         self.make_room()?;
         let from = self.offset + (self.end - self.start) as u64;
+        let room = self.buf.len() - self.end;
+        self.drained = false;
         let received = recv_with_fds(socket, &mut self.buf[self.end..])?;
         if received.bytes == 0 {
             return Err(self.eof());
         }
+        self.drained = received.bytes < room && received.fds.is_empty();
         self.end += received.bytes;
         if !received.fds.is_empty() {
             if received.fds.len() > crate::MAX_FDS_PER_FRAME as usize {

@@ -46,7 +46,11 @@ impl Daemon {
     /// Start a daemon whose files live in `dir` (created here), serving the
     /// assets declared in `assets_dir` if given (else an empty directory),
     /// and wait until it reports READY=1.
-    pub fn start(config: &DaemonConfig, dir: &Path, assets_dir: Option<&Path>) -> io::Result<Daemon> {
+    pub fn start(
+        config: &DaemonConfig,
+        dir: &Path,
+        assets_dir: Option<&Path>,
+    ) -> io::Result<Daemon> {
         std::fs::create_dir_all(dir)?;
         let socket = dir.join("memseald.sock");
         let settings = dir.join("memseald.toml");

@@ -28,7 +28,12 @@ use std::path::Path;
 pub fn serve(socket: &Path, sizes: &[usize]) -> io::Result<()> {
     let assets = sizes
         .iter()
-        .map(|&size| Ok((size as u64, data::sealed_memfd("floor", &data::content(size))?)))
+        .map(|&size| {
+            Ok((
+                size as u64,
+                data::sealed_memfd("floor", &data::content(size))?,
+            ))
+        })
         .collect::<io::Result<Vec<(u64, OwnedFd)>>>()?;
     let assets: &'static [(u64, OwnedFd)] = Box::leak(assets.into_boxed_slice());
     let listener = UnixListener::bind(socket)?;

@@ -168,7 +168,9 @@ impl Bench {
                 notes.push(format!(
                     "/dev/shm unavailable ({e}); files live in the default temporary directory"
                 ));
-                tempfile::Builder::new().prefix("memseal-bench-").tempdir()?
+                tempfile::Builder::new()
+                    .prefix("memseal-bench-")
+                    .tempdir()?
             }
         };
         let daemon_config = DaemonConfig {

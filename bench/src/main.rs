@@ -133,8 +133,12 @@ fn main() -> ExitCode {
             warmup,
             iterations,
             touch,
-        }) => parse_spec(&spec).and_then(|spec| worker::fetch_main(&spec, warmup, iterations, touch)),
-        Some(Role::WorkerHold { spec }) => parse_spec(&spec).and_then(|spec| worker::hold_main(&spec)),
+        }) => {
+            parse_spec(&spec).and_then(|spec| worker::fetch_main(&spec, warmup, iterations, touch))
+        }
+        Some(Role::WorkerHold { spec }) => {
+            parse_spec(&spec).and_then(|spec| worker::hold_main(&spec))
+        }
         None => run(cli),
     };
     match result {

@@ -19,23 +19,32 @@ pub struct FetchReport {
     pub wall_ns: u64,
 }
 
-/// Body of `memseal-bench worker-fetch`: time fetches as told and print a
-/// [`FetchReport`] as JSON.
+/// Body of `memseal-bench worker-fetch`: connect, warm up, print `ready`,
+/// then for every line the harness writes, time `iterations` fetches and
+/// print a [`FetchReport`] as one line of JSON. Ends when standard input
+/// closes. Several rounds on one connection let the harness alternate
+/// between methods without reconnecting.
 pub fn fetch_main(spec: &Spec, warmup: usize, iterations: usize, touch: bool) -> io::Result<()> {
     let mut fetcher = workload::open(spec)?;
     for _ in 0..warmup {
         fetcher.fetch(touch)?;
     }
-    signal_ready_and_wait()?;
-    let start = Instant::now();
-    let latencies = workload::time_fetches(fetcher.as_mut(), 0, iterations, touch)?;
-    let report = FetchReport {
-        latencies_ns: latencies.iter().map(|d| d.as_nanos() as u64).collect(),
-        wall_ns: start.elapsed().as_nanos() as u64,
-    };
-    let mut out = io::stdout().lock();
-    serde_json::to_writer(&mut out, &report)?;
-    writeln!(out)?;
+    println!("ready");
+    io::stdout().flush()?;
+    let mut line = String::new();
+    while io::stdin().lock().read_line(&mut line)? > 0 {
+        line.clear();
+        let start = Instant::now();
+        let latencies = workload::time_fetches(fetcher.as_mut(), 0, iterations, touch)?;
+        let report = FetchReport {
+            latencies_ns: latencies.iter().map(|d| d.as_nanos() as u64).collect(),
+            wall_ns: start.elapsed().as_nanos() as u64,
+        };
+        let mut out = io::stdout().lock();
+        serde_json::to_writer(&mut out, &report)?;
+        writeln!(out)?;
+        out.flush()?;
+    }
     Ok(())
 }
 
@@ -48,15 +57,6 @@ pub fn hold_main(spec: &Spec) -> io::Result<()> {
     println!("ready");
     io::stdout().flush()?;
     io::copy(&mut io::stdin(), &mut io::sink())?;
-    Ok(())
-}
-
-/// Print `ready`, then block until the harness writes a line.
-fn signal_ready_and_wait() -> io::Result<()> {
-    println!("ready");
-    io::stdout().flush()?;
-    let mut line = String::new();
-    io::stdin().lock().read_line(&mut line)?;
     Ok(())
 }
 
@@ -98,24 +98,27 @@ impl Worker {
         self.child.id()
     }
 
-    /// Tell a waiting fetch worker to start.
+    /// Tell a waiting fetch worker to run one round.
     pub fn go(&mut self) -> io::Result<()> {
         let stdin = self.stdin.as_mut().expect("stdin is open until finish");
         stdin.write_all(b"go\n")?;
         stdin.flush()
     }
 
-    /// Read the report of a fetch worker and wait for it to exit.
-    pub fn fetch_report(mut self) -> io::Result<FetchReport> {
+    /// Read the report of the round a fetch worker just ran.
+    pub fn report(&mut self) -> io::Result<FetchReport> {
         let line = self.read_line()?;
-        let report = serde_json::from_str(&line)
-            .map_err(|e| io::Error::other(format!("bad worker report: {e}")))?;
-        self.finish()?;
-        Ok(report)
+        serde_json::from_str(&line).map_err(|e| io::Error::other(format!("bad worker report: {e}")))
     }
 
-    /// Close its standard input (which ends a holding worker or the floor
-    /// server) and wait for it.
+    /// Run one round and read its report.
+    pub fn round(&mut self) -> io::Result<FetchReport> {
+        self.go()?;
+        self.report()
+    }
+
+    /// Close its standard input (which ends every kind of worker) and wait
+    /// for it.
     pub fn finish(mut self) -> io::Result<()> {
         drop(self.stdin.take());
         let status = self.child.wait()?;

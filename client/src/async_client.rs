@@ -31,8 +31,7 @@ use crate::verify::{check_sealed, verify_private, verify_with};
 use memseal_proto::codec::{self, Decoded};
 use memseal_proto::wire::{FrameReader, FrameWriter};
 use memseal_proto::{
-    AssetInfo, Event, FrameError, Limits, PublishSource, Request, Response, Selector,
-    ServerStatus,
+    AssetInfo, Event, FrameError, Limits, PublishSource, Request, Response, Selector, ServerStatus,
 };
 use rustix::net::{send, SendFlags};
 use std::fmt;
@@ -227,9 +226,9 @@ impl AsyncClient {
             self.requests += 1;
             self.socket.begin()?;
             let answer = self.socket.call_plain(&request).await;
-            let (page, next) = self.socket.end(
-                answer.and_then(|answer| protocol::listing(answer, start_after.as_ref())),
-            )?;
+            let (page, next) = self
+                .socket
+                .end(answer.and_then(|answer| protocol::listing(answer, start_after.as_ref())))?;
             assets.extend(page);
             match next {
                 None => return Ok(assets),
@@ -447,8 +446,18 @@ impl AsyncSocket {
 
     async fn receive(&mut self) -> Result<Decoded<Response>, Error> {
         loop {
-            self.stream.readable().await.map_err(Error::Io)?;
             let fd = self.stream.as_fd();
+            // A frame that arrived with an earlier read waits in the
+            // reader's buffer, where no readiness will announce it.
+            if self.reader.has_frame() {
+                match self.reader.read_step(fd) {
+                    Ok(Some(frame)) => return protocol::decode(frame),
+                    Ok(None) => {}
+                    Err(e) => return Err(Error::Protocol(e)),
+                }
+                continue;
+            }
+            self.stream.readable().await.map_err(Error::Io)?;
             // Only an I/O error travels as the `try_io` error, so that
             // `WouldBlock` clears tokio's readiness; framing errors ride in
             // the success value.

@@ -54,10 +54,9 @@ pub struct CachedClient {
     prefix: String,
     options: MapOptions,
     entries: HashMap<String, Arc<Asset>>,
-    /// For each name, the number of the last event about it, so a fetch can
-    /// tell whether an event arrived while it was in flight.
-    last_event: HashMap<String, u64>,
-    events: u64,
+    /// While a fetch is in flight: its name, and the events about that name
+    /// that arrive meanwhile, which decide whether its answer may be kept.
+    in_flight: Option<(String, Vec<Event>)>,
     hits: u64,
     resubscriptions: u64,
 }
@@ -74,8 +73,7 @@ impl CachedClient {
             prefix: prefix.to_owned(),
             options: MapOptions::new(),
             entries: HashMap::new(),
-            last_event: HashMap::new(),
-            events: 0,
+            in_flight: None,
             hits: 0,
             resubscriptions: 0,
         })
@@ -107,16 +105,25 @@ impl CachedClient {
                 return Ok(Arc::clone(asset));
             }
         }
-        let before = (self.resubscriptions, self.last_event.get(name).copied());
-        let asset = Arc::new(
-            self.client
-                .fetch_with_options(name, Selector::Latest, &self.options)?,
-        );
-        // Anything announced while the fetch was in flight may be newer
-        // than what it brought back: keep the answer only if nothing was.
+        let resubscriptions = self.resubscriptions;
+        self.in_flight = Some((name.to_owned(), Vec::new()));
+        let fetched = self
+            .client
+            .fetch_with_options(name, Selector::Latest, &self.options);
+        // Whatever was announced while the fetch was in flight may be
+        // newer than what it brought back.
         self.catch_up();
-        let after = (self.resubscriptions, self.last_event.get(name).copied());
-        if cacheable && self.watcher.is_some() && before == after {
+        let (_, announced) = self.in_flight.take().unwrap_or_default();
+        let asset = Arc::new(fetched?);
+        let superseded = announced.iter().any(|event| match event {
+            Event::Published(info) => info.version > asset.version(),
+            Event::Removed(info) => info.version == asset.version(),
+        });
+        if cacheable
+            && self.watcher.is_some()
+            && self.resubscriptions == resubscriptions
+            && !superseded
+        {
             self.entries.insert(name.to_owned(), Arc::clone(&asset));
         }
         Ok(asset)
@@ -180,7 +187,7 @@ impl CachedClient {
         }
         while let Some(watcher) = &mut self.watcher {
             match watcher.try_next_event() {
-                Ok(Some(event)) => self.forget(&event),
+                Ok(Some(event)) => self.forget(event),
                 Ok(None) => return,
                 Err(_) if may_resubscribe => {
                     self.resubscribe();
@@ -194,12 +201,25 @@ impl CachedClient {
         }
     }
 
-    /// Drop the cached version of the name an event is about.
-    fn forget(&mut self, event: &Event) {
-        let name = &event.info().name;
-        self.events += 1;
-        self.entries.remove(name);
-        self.last_event.insert(name.clone(), self.events);
+    /// Drop the cached version of a name if an event makes it stale: a
+    /// newer version was published, or this very version was removed. (A
+    /// removal of an older version, pushed out by the newer ones the daemon
+    /// keeps, changes nothing for the latest.)
+    fn forget(&mut self, event: Event) {
+        let info = event.info();
+        let stale = match (&event, self.entries.get(&info.name)) {
+            (_, None) => false,
+            (Event::Published(info), Some(cached)) => info.version > cached.version(),
+            (Event::Removed(info), Some(cached)) => info.version == cached.version(),
+        };
+        if stale {
+            self.entries.remove(&info.name);
+        }
+        if let Some((name, announced)) = &mut self.in_flight {
+            if *name == info.name {
+                announced.push(event);
+            }
+        }
     }
 
     /// Changes may have been missed: forget everything and watch again. If
@@ -207,7 +227,6 @@ impl CachedClient {
     /// nothing until a later call succeeds.
     fn resubscribe(&mut self) {
         self.entries.clear();
-        self.last_event.clear();
         self.resubscriptions += 1;
         self.watcher = None;
         if self.client.is_lost() {

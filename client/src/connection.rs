@@ -139,18 +139,26 @@ impl Connection {
         deadline: Option<Instant>,
     ) -> Result<Option<Decoded<Response>>, Error> {
         loop {
-            let left = match (deadline, self.reader.in_frame()) {
-                (None, _) => None,
-                (Some(_), true) => self.timeout,
-                (Some(deadline), false) => Some(deadline.saturating_duration_since(Instant::now())),
-            };
-            if !readable_within(self.stream.as_fd(), left).map_err(Error::Io)? {
-                if self.reader.in_frame() {
-                    return Err(self.io_error(io::ErrorKind::TimedOut.into(), "finish a message"));
+            // A frame that arrived with an earlier read waits in the
+            // reader's buffer, not in the socket: take it without polling.
+            if !self.reader.has_frame() {
+                let left = match (deadline, self.reader.in_frame()) {
+                    (None, _) => None,
+                    (Some(_), true) => self.timeout,
+                    (Some(deadline), false) => {
+                        Some(deadline.saturating_duration_since(Instant::now()))
+                    }
+                };
+                if !readable_within(self.stream.as_fd(), left).map_err(Error::Io)? {
+                    if self.reader.in_frame() {
+                        return Err(
+                            self.io_error(io::ErrorKind::TimedOut.into(), "finish a message")
+                        );
+                    }
+                    return Ok(None);
                 }
-                return Ok(None);
             }
-            // The socket is readable, so this `recvmsg` returns at once.
+            // Buffered, or the socket is readable: this returns at once.
             match self.reader.read_step(self.stream.as_fd()) {
                 Ok(Some(frame)) => return protocol::decode(frame).map(Some),
                 Ok(None) => {}
@@ -184,6 +192,9 @@ impl Connection {
     /// Wait until something can be read, for at most `timeout` (`None`:
     /// forever), without reading it.
     pub(crate) fn wait_readable(&self, timeout: Option<Duration>) -> Result<bool, Error> {
+        if self.reader.has_frame() {
+            return Ok(true);
+        }
         readable_within(self.stream.as_fd(), timeout).map_err(Error::Io)
     }
 

@@ -13,8 +13,8 @@
 //! faulted in up front or lazily, and what access pattern to announce to
 //! the kernel. Every such step happens here, next to the `mmap` it refines.
 
-use rustix::mm::{madvise, mmap, mmap_anonymous, munmap, Advice, MapFlags, ProtFlags};
 use rustix::io::Errno;
+use rustix::mm::{madvise, mmap, mmap_anonymous, munmap, Advice, MapFlags, ProtFlags};
 use std::ffi::c_void;
 use std::io;
 use std::os::fd::BorrowedFd;

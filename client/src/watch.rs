@@ -75,12 +75,12 @@ impl Watcher {
     pub fn next_event(&mut self, timeout: Option<Duration>) -> Result<Option<Event>, Error> {
         // A deadline beyond what `Instant` can represent is no deadline.
         let deadline = timeout.and_then(|t| Instant::now().checked_add(t));
-        let result = self.connection.exchange(|connection| {
-            match connection.receive_by(deadline)? {
-                Some(decoded) => protocol::event(decoded.message).map(Some),
-                None => Ok(None),
-            }
-        });
+        let result =
+            self.connection
+                .exchange(|connection| match connection.receive_by(deadline)? {
+                    Some(decoded) => protocol::event(decoded.message).map(Some),
+                    None => Ok(None),
+                });
         if result.is_err() {
             // Whatever went wrong, the daemon no longer sends this watcher
             // events it can rely on (a `busy` is followed by a hang-up).

@@ -361,7 +361,9 @@ impl Connection {
         if fd.is_none() {
             return self.send(frame, None).await;
         }
-        let unchecked = self.unchecked_sends.load(std::sync::atomic::Ordering::Relaxed);
+        let unchecked = self
+            .unchecked_sends
+            .load(std::sync::atomic::Ordering::Relaxed);
         let unchecked = if unchecked == 0 {
             self.wait_for_reader().await?
         } else {

@@ -47,10 +47,25 @@ pub fn hash_sealed(fd: BorrowedFd<'_>, size: u64) -> io::Result<Hash> {
     Ok(hash)
 }
 
+/// Inputs at least this long are hashed on every CPU (rayon). Below it,
+/// handing work to other threads costs more than it saves.
+const PARALLEL_HASH_MIN: usize = 1 << 20;
+
 /// BLAKE3 of a byte slice, multi-threaded above the size where threads pay off.
+///
+/// Every publish ends in this hash, and adopting a sealed memfd is nothing
+/// but this hash, so it sets the daemon's publish rate. On a 2-CPU machine
+/// the rayon path halved the time of adopting 64 MiB (16.2 to 8.5 ms) and
+/// cut 1 GiB from 250 to 145 ms. The threads also fault the mapped pages
+/// in parallel, which is why the mapping is not pre-populated: a serial
+/// `MAP_POPULATE` first measured slower.
 pub fn hash_bytes(bytes: &[u8]) -> Hash {
     let mut hasher = blake3::Hasher::new();
-    hasher.update(bytes);
+    if bytes.len() >= PARALLEL_HASH_MIN {
+        hasher.update_rayon(bytes);
+    } else {
+        hasher.update(bytes);
+    }
     *hasher.finalize().as_bytes()
 }
 

@@ -498,8 +498,8 @@ impl ShmemHugePagesGuard {
     /// Needs root; an error says why it could not be changed.
     pub fn set(mode: &str) -> Result<ShmemHugePagesGuard, String> {
         let mut guard = ShmemHugePagesGuard::hold();
-        let previous = selected_shmem_setting()
-            .ok_or_else(|| format!("cannot read {SHMEM_ENABLED}"))?;
+        let previous =
+            selected_shmem_setting().ok_or_else(|| format!("cannot read {SHMEM_ENABLED}"))?;
         fs::write(SHMEM_ENABLED, mode)
             .map_err(|e| format!("cannot write '{mode}' to {SHMEM_ENABLED}: {e}"))?;
         guard.previous = Some(previous);

@@ -48,7 +48,9 @@ struct Baseline {
 fn baseline(daemon: &Daemon) -> Baseline {
     let probe = pattern(64 << 10, 0x5eed);
     let mut client = daemon.client();
-    client.publish_bytes(PROBE, &probe).expect("publish the probe");
+    client
+        .publish_bytes(PROBE, &probe)
+        .expect("publish the probe");
     drop(client.fetch(PROBE).expect("fetch the probe"));
     drop(client);
     let fds = settled_fds(daemon);
@@ -386,7 +388,10 @@ fn names_with_tricks_are_refused() {
         });
         match peer.recv() {
             Response::Error(reply) if reply.code == ErrorCode::InvalidName => {}
-            other => panic!("{:?}: expected 'invalid name', got {other:?}", &name[..name.len().min(20)]),
+            other => panic!(
+                "{:?}: expected 'invalid name', got {other:?}",
+                &name[..name.len().min(20)]
+            ),
         }
         peer.send(&Request::Remove {
             name: name.to_owned(),
@@ -624,9 +629,11 @@ fn idle_connections_up_to_and_past_the_caps() {
         .iter()
         .filter(|l| l.starts_with("refused: "))
         .collect();
-    eprintln!("[per-uid cap] nobody opened 9: {welcomed} welcomed, {} refused: {}",
+    eprintln!(
+        "[per-uid cap] nobody opened 9: {welcomed} welcomed, {} refused: {}",
         refused.len(),
-        refused.first().map(|s| s.as_str()).unwrap_or("-"));
+        refused.first().map(|s| s.as_str()).unwrap_or("-")
+    );
     assert_eq!(welcomed, 6, "{lines:?}");
     assert_eq!(refused.len(), 3, "{lines:?}");
     for line in refused {
@@ -703,11 +710,14 @@ fn slow_loris_peers_are_dropped_at_the_deadline() {
         ms(dropped_after)
     );
     assert_eq!(refused_meanwhile, Some(ErrorCode::OverBudget));
-    assert!(dropped_after >= Duration::from_millis(450), "{dropped_after:?}");
+    assert!(
+        dropped_after >= Duration::from_millis(450),
+        "{dropped_after:?}"
+    );
     drop(loris);
 
     // A request frame sent one byte every 100 ms.
-    let mut loris = RawPeer::handshake(socket);
+    let loris = RawPeer::handshake(socket);
     let fetch = frame(&Request::Fetch {
         name: PROBE.into(),
         selector: Selector::Latest,
@@ -778,6 +788,7 @@ fn a_client_that_never_reads_is_cut_off_while_others_are_served() {
         .publish_bytes("stall/asset", &pattern(4096, 4))
         .unwrap();
     drop(client);
+    let with_asset = settled_fds(&daemon);
 
     let mut stalled = RawPeer::handshake(socket);
     let requests: Vec<u8> = (0..300)
@@ -822,13 +833,16 @@ fn a_client_that_never_reads_is_cut_off_while_others_are_served() {
         ms(median),
         ms(max)
     );
-    assert!(max < Duration::from_millis(500), "healthy fetch took {max:?}");
+    assert!(
+        max < Duration::from_millis(500),
+        "healthy fetch took {max:?}"
+    );
     drop(healthy);
 
     // Until it reads, the daemon keeps its end (one descriptor) so that
     // what sits in it stays counted against a connection slot.
     let holding = settled_fds(&daemon);
-    assert_eq!(holding, base.fds + 1, "holding the stalled connection");
+    assert_eq!(holding, with_asset + 1, "holding the stalled connection");
 
     // What it was sent: at most the bound, every reply with its memfd,
     // then end of file.
@@ -843,6 +857,9 @@ fn a_client_that_never_reads_is_cut_off_while_others_are_served() {
     eprintln!("[stalled reader] {replies} replies with descriptors were queued unread");
     assert!((60..=65).contains(&replies), "{replies} replies");
     drop(stalled);
+    let released = daemon.eventually(Duration::from_secs(3), || daemon.open_fds() == with_asset);
+    assert!(released, "the drained connection was not closed");
+    daemon.client().remove("stall/asset", None).unwrap();
     assert_recovered(&daemon, &base, "stalled reader");
 }
 
@@ -934,7 +951,11 @@ fn per_uid_budgets(daemon: &Daemon) {
     let user = |rest: &str| format!("user/{NOBODY}/{rest}");
 
     let out = publish(&user("a"), &write("a", 1 << 20, 1));
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     // 1 MiB held, 600 KiB more would pass 1.5 MiB.
     let out = publish(&user("b"), &write("b", 600 << 10, 2));
     let err = String::from_utf8_lossy(&out.stderr);
@@ -944,7 +965,11 @@ fn per_uid_budgets(daemon: &Daemon) {
     // Two small ones fill the three versions allowed; a fourth is refused.
     for name in ["c", "d"] {
         let out = publish(&user(name), &write(name, 1000, 3));
-        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
     }
     let out = publish(&user("e"), &write("e", 1000, 4));
     let err = String::from_utf8_lossy(&out.stderr);
@@ -954,10 +979,18 @@ fn per_uid_budgets(daemon: &Daemon) {
     // Removing gives the room back.
     for name in ["a", "c", "d"] {
         let out = cli_as_nobody(daemon, &["rm", &user(name)]);
-        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
     }
     let out = publish(&user("b"), &write("b", 600 << 10, 2));
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let out = cli_as_nobody(daemon, &["rm", &user("b")]);
     assert!(out.status.success());
 }
@@ -989,11 +1022,18 @@ fn another_user_publishes_only_under_its_own_prefix() {
     eprintln!("[policy] nobody publishing shared/config: {}", err.trim());
     assert_eq!(out.status.code(), Some(5), "{err}");
     assert!(err.contains("rule 'publishers'"), "{err}");
-    assert!(err.contains(&format!("only under 'user/{NOBODY}/'")), "{err}");
+    assert!(
+        err.contains(&format!("only under 'user/{NOBODY}/'")),
+        "{err}"
+    );
 
     let own = format!("user/{NOBODY}/config");
     let out = cli_as_nobody(&daemon, &["publish", &own, input]);
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let out = cli_as_nobody(&daemon, &["publish", "user/0/config", input]);
     assert_eq!(out.status.code(), Some(5));
 
@@ -1055,7 +1095,10 @@ fn publishers_killed_at_random_points_leave_nothing_behind() {
         let gone = daemon.eventually(Duration::from_secs(5), || {
             client.status().unwrap().connections == 1
         });
-        assert!(gone, "iteration {iteration}: the dead publisher's connection stayed");
+        assert!(
+            gone,
+            "iteration {iteration}: the dead publisher's connection stayed"
+        );
         let status = client.status().unwrap();
         eprintln!(
             "[killed publisher {iteration}] killed {when}: bytes held {} (before {}), versions {}",
@@ -1153,7 +1196,7 @@ fn a_connection_flood_under_a_low_descriptor_limit() {
     let peak_fds = daemon.open_fds();
     let (median, max) = summary(&mut latencies);
     eprintln!(
-        "[fd flood] {attempts} connect attempts, {connected} connections held, daemon at {peak_fds} fds (limit 64); \
+        "[fd flood] {attempts} connect attempts, {connected} connections held, daemon holds {peak_fds} fds (RLIMIT_NOFILE 64); \
          daemon CPU {:.0} ms over {:.0} ms ({:.1}%); existing client: median {:.2} ms, max {:.2} ms",
         ms(cpu),
         ms(window),
@@ -1187,4 +1230,58 @@ fn a_connection_flood_under_a_low_descriptor_limit() {
     );
     drop(veteran);
     assert_recovered(&daemon, &base, "descriptor flood");
+}
+
+#[test]
+fn a_descriptor_the_kernel_refuses_becomes_a_busy_reply() {
+    // The kernel refuses to pass a descriptor (ETOOMANYREFS) when the
+    // sending user has more in flight than the sender's RLIMIT_NOFILE,
+    // unless the sender has CAP_SYS_RESOURCE or CAP_SYS_ADMIN. So the
+    // daemon runs with a limit of 64 and, as root, without those two
+    // capabilities; another process of the same user then parks 300
+    // descriptors in a socket nobody reads.
+    let builder = Daemon::builder();
+    let builder = if is_root() {
+        builder.wrapper(
+            "setpriv",
+            [
+                "--bounding-set=-sys_resource,-sys_admin",
+                "--inh-caps=-all",
+                "--",
+                "prlimit",
+                "--nofile=64:64",
+            ],
+        )
+    } else {
+        builder.wrapper("prlimit", ["--nofile=64:64"])
+    };
+    let daemon = builder.start();
+    let base = baseline(&daemon);
+    let mut client = daemon.client();
+    assert!(client.fetch(PROBE).is_ok());
+
+    let (parked, unread) = std::os::unix::net::UnixStream::pair().unwrap();
+    let file = marker("adversarial-parked");
+    for _ in 0..2 {
+        parked
+            .send_with_fd(b"x", &[file.as_raw_fd(); 150])
+            .expect("park 150 descriptors");
+    }
+    let err = client
+        .fetch(PROBE)
+        .expect_err("the kernel should refuse the descriptor");
+    eprintln!("[descriptors in flight] with 300 parked: {err}");
+    assert_eq!(err.code(), Some(ErrorCode::Busy), "{err}");
+    // The connection survives the refusal.
+    assert!(client.status().is_ok());
+
+    drop(parked);
+    drop(unread);
+    let asset = client
+        .fetch(PROBE)
+        .expect("served once the descriptors are gone");
+    assert!(asset[..] == base.probe[..]);
+    drop(asset);
+    drop(client);
+    assert_recovered(&daemon, &base, "descriptors in flight");
 }

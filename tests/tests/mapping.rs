@@ -63,9 +63,15 @@ fn access_advice_is_applied_to_the_mapping() {
 
     // `rr` is VM_RAND_READ, `sr` VM_SEQ_READ.
     let random = mapping_stats(random.as_ptr()).unwrap();
-    assert!(random.has_flag("rr") && !random.has_flag("sr"), "{random:?}");
+    assert!(
+        random.has_flag("rr") && !random.has_flag("sr"),
+        "{random:?}"
+    );
     let sequential = mapping_stats(sequential.as_ptr()).unwrap();
-    assert!(sequential.has_flag("sr") && !sequential.has_flag("rr"), "{sequential:?}");
+    assert!(
+        sequential.has_flag("sr") && !sequential.has_flag("rr"),
+        "{sequential:?}"
+    );
     let normal_stats = mapping_stats(normal.as_ptr()).unwrap();
     assert!(!normal_stats.has_flag("sr") && !normal_stats.has_flag("rr"));
     // MADV_WILLNEED leaves no flag; it only starts bringing in pages that

@@ -1,5 +1,5 @@
-//! 2. memseal against what people do today: GET from Redis, and read() of
-//! a file in tmpfs into a buffer.
+//! Measurement 2, against what people do today: GET from Redis, and
+//! read() of a file in tmpfs into a buffer.
 //!
 //! These measure different things, and the table says so: a memseal fetch
 //! maps the asset without touching a page (the bytes are read later, at

@@ -1,8 +1,10 @@
-//! 1. Fetch latency: memseal against the floor, one client and several.
+//! Measurement 1, fetch latency: memseal against the floor, one client
+//! and several.
 //!
-//! Both fetch the same sizes with the same placement in the same run. With
-//! one client, memseal and the floor alternate in rounds, so a slow patch
-//! of the machine hits both alike.
+//! Both fetch the same sizes with the same placement in the same run, from
+//! client processes of their own (a fresh, small process, as a real client
+//! is). With one client, memseal and the floor alternate in rounds, so a
+//! slow patch of the machine hits both alike.
 
 use crate::affinity::Placement;
 use crate::data::size_label;
@@ -10,7 +12,7 @@ use crate::harness::Bench;
 use crate::report::{col, num, text, Kind, Section, Target};
 use crate::stats::{ratio, Summary};
 use crate::worker::{self, Worker};
-use crate::workload::{self, Method};
+use crate::workload::Method;
 use serde_json::Value;
 use std::io;
 use std::time::Duration;
@@ -55,7 +57,7 @@ fn row(size: usize, placement: Placement, clients: usize, m: &Summary, f: &Summa
 pub fn run(bench: &Bench) -> io::Result<(Vec<Section>, Vec<Target>)> {
     let mut single = Section::new(
         "Fetch latency, one client",
-        "One connected client fetches the asset over and over: request, receive the \
+        "One connected client process fetches the asset over and over: request, receive the \
          descriptor, verify the seals, fstat, map PROT_READ/MAP_PRIVATE, then unmap and \
          close. No page of the asset is touched. The floor does the least that can do \
          the same (8-byte request, reply of the size with the memfd as SCM_RIGHTS, \
@@ -74,10 +76,7 @@ pub fn run(bench: &Bench) -> io::Result<(Vec<Section>, Vec<Target>)> {
             targets.push(Target {
                 what: format!("fetch p50 vs floor, {}, {placement}", size_label(size)),
                 goal: format!("<= {TARGET_RATIO}x"),
-                measured: format!(
-                    "{:.2}x ({:.1} us vs {:.1} us)",
-                    r, m.p50_us, f.p50_us
-                ),
+                measured: format!("{:.2}x ({:.1} us vs {:.1} us)", r, m.p50_us, f.p50_us),
                 met: r <= TARGET_RATIO,
             });
             single.push(row(size, placement, 1, &m, &f));
@@ -103,21 +102,29 @@ pub fn run(bench: &Bench) -> io::Result<(Vec<Section>, Vec<Target>)> {
     Ok((vec![single, concurrent], targets))
 }
 
-/// memseal and the floor, one client each in this process, alternating.
+/// memseal and the floor, one client process each, alternating rounds.
 fn one_client(bench: &Bench, size: usize) -> io::Result<(Summary, Summary)> {
     let effort = &bench.effort;
-    let mut memseal = workload::open(&bench.spec(Method::Memseal, size).expect("memseal spec"))?;
-    let mut floor = workload::open(&bench.spec(Method::Floor, size).expect("floor spec"))?;
-    workload::time_fetches(memseal.as_mut(), effort.warmup, 0, false)?;
-    workload::time_fetches(floor.as_mut(), effort.warmup, 0, false)?;
     let per_round = (effort.fetches / ROUNDS).max(1);
+    let start = |method| {
+        let spec = bench.spec(method, size).expect("spec for a loaded size");
+        Worker::start(&worker::fetch_args(&spec, effort.warmup, per_round, false))
+    };
+    let mut memseal = start(Method::Memseal)?;
+    let mut floor = start(Method::Floor)?;
     let mut m = Vec::new();
     let mut f = Vec::new();
     for _ in 0..ROUNDS {
-        m.extend(workload::time_fetches(memseal.as_mut(), 0, per_round, false)?);
-        f.extend(workload::time_fetches(floor.as_mut(), 0, per_round, false)?);
+        m.extend(memseal.round()?.latencies_ns);
+        f.extend(floor.round()?.latencies_ns);
     }
-    Ok((Summary::sequential(&mut m), Summary::sequential(&mut f)))
+    memseal.finish()?;
+    floor.finish()?;
+    let durations = |ns: Vec<u64>| ns.into_iter().map(Duration::from_nanos).collect::<Vec<_>>();
+    Ok((
+        Summary::sequential(&mut durations(m)),
+        Summary::sequential(&mut durations(f)),
+    ))
 }
 
 /// `clients` worker processes fetching at once.
@@ -133,8 +140,9 @@ fn concurrent_clients(bench: &Bench, method: Method, size: usize) -> io::Result<
     }
     let mut latencies = Vec::new();
     let mut wall = Duration::ZERO;
-    for worker in workers {
-        let report = worker.fetch_report()?;
+    for mut worker in workers {
+        let report = worker.report()?;
+        worker.finish()?;
         latencies.extend(report.latencies_ns.into_iter().map(Duration::from_nanos));
         wall = wall.max(Duration::from_nanos(report.wall_ns));
     }

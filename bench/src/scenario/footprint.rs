@@ -1,5 +1,5 @@
-//! 5. The daemon's footprint: memory when idle and with many idle clients,
-//! and how soon after exec it is ready and serving.
+//! Measurement 5, the daemon's footprint: memory when idle and with many
+//! idle clients, and how soon after exec it is ready and serving.
 //!
 //! Each start is a fresh daemon with one small declared asset. READY=1 is
 //! timed on a `NOTIFY_SOCKET` the harness binds, as a service manager

@@ -1,4 +1,4 @@
-//! 3. Memory: many processes reading the same asset.
+//! Measurement 3, memory: many processes reading the same asset.
 //!
 //! Each reader is its own process. Pss (proportional set size) splits
 //! every shared page among the processes that map it, so the sum over all
@@ -44,7 +44,9 @@ pub fn run(bench: &Bench) -> io::Result<(Section, Vec<Target>)> {
     let mut client =
         memseal::Client::connect_to(bench.daemon.socket()).map_err(io::Error::other)?;
     // Streamed, so the asset lives in a memfd of the daemon's own making.
-    client.publish_bytes(name, bytes).map_err(io::Error::other)?;
+    client
+        .publish_bytes(name, bytes)
+        .map_err(io::Error::other)?;
     let file = bench.dir.path().join("memory.bin");
     data::write_file(&file, bytes)?;
 

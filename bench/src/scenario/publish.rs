@@ -1,5 +1,5 @@
-//! 4. Publish throughput: the three ways bytes get into the daemon, beside
-//! `cp` into tmpfs and the BLAKE3 hash rate of the same bytes.
+//! Measurement 4, publish throughput: the three ways bytes get into the
+//! daemon, beside `cp` into tmpfs and the BLAKE3 hash rate of the same bytes.
 //!
 //! Every publish ends with the daemon hashing the asset, so no publish can
 //! beat hashing alone: that is the floor for adoption, which copies

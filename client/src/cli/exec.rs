@@ -52,12 +52,8 @@ pub fn run(mut client: Client, args: &ExecArgs) -> Result<(), Failure> {
         let info = asset.info().clone();
         // Verified by the fetch; the mapping itself is not needed here.
         let sealed = asset.into_fd();
-        let fd = inheritable(sealed.as_fd()).map_err(|e| {
-            Failure::io(
-                format!("cannot pass {} to the command", spec.name),
-                e,
-            )
-        })?;
+        let fd = inheritable(sealed.as_fd())
+            .map_err(|e| Failure::io(format!("cannot pass {} to the command", spec.name), e))?;
         export(&mut command, spec, &info, fd.as_raw_fd());
         inherited.push(fd);
     }

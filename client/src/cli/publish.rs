@@ -72,7 +72,10 @@ fn publish_input(
             let size = u64::try_from(stat.st_size).unwrap_or(0);
             let _spinner = Progress::waiting(
                 size,
-                &format!("publishing {name} ({}): memseald copies and hashes it", human_size(size)),
+                &format!(
+                    "publishing {name} ({}): memseald copies and hashes it",
+                    human_size(size)
+                ),
             );
             Ok(client.publish_file(name, &file)?)
         }

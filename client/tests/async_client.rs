@@ -1,0 +1,152 @@
+//! The async client against the real `memseald` (built next to this test
+//! by `cargo build --workspace --bins`): the same operations, answers and
+//! checks as the blocking client. Run with `--features tokio`.
+#![cfg(feature = "tokio")]
+
+use memseal::{AsyncClient, Event, MapOptions, Selector};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+/// A real daemon in a temporary directory, killed on drop.
+struct RealDaemon {
+    child: Child,
+    socket: PathBuf,
+    _dir: tempfile::TempDir,
+}
+
+impl RealDaemon {
+    fn start() -> Option<RealDaemon> {
+        let exe = std::env::current_exe().unwrap();
+        let daemon = exe.parent()?.parent()?.join("memseald");
+        if !daemon.exists() {
+            eprintln!(
+                "MEMSEAL-TEST-SKIPPED: async client: {} is not built (cargo build --workspace --bins)",
+                daemon.display()
+            );
+            assert!(
+                std::env::var_os("MEMSEAL_REQUIRE_ALL").is_none_or(|v| v != "1"),
+                "memseald is not built and MEMSEAL_REQUIRE_ALL=1"
+            );
+            return None;
+        }
+        let dir = tempfile::tempdir().unwrap();
+        let socket = dir.path().join("memseald.sock");
+        let config = dir.path().join("memseald.toml");
+        std::fs::write(&config, "").unwrap();
+        let child = Command::new(daemon)
+            .arg("--socket")
+            .arg(&socket)
+            .arg("--config")
+            .arg(&config)
+            .env_remove("LISTEN_FDS")
+            .env_remove("NOTIFY_SOCKET")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        for _ in 0..2000 {
+            if std::os::unix::net::UnixStream::connect(&socket).is_ok() {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        Some(RealDaemon {
+            child,
+            socket,
+            _dir: dir,
+        })
+    }
+
+    fn socket(&self) -> &Path {
+        &self.socket
+    }
+}
+
+impl Drop for RealDaemon {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+#[tokio::test(flavor = "current_thread")]
+async fn every_operation_works_as_in_the_blocking_client() {
+    let Some(daemon) = RealDaemon::start() else {
+        return;
+    };
+    let mut client = AsyncClient::connect_to(daemon.socket()).await.unwrap();
+    assert!(client.server().starts_with("memseald"));
+    let mut watcher = client.watch("a/").await.unwrap();
+
+    let data: Vec<u8> = (0..300_000u32).map(|i| (i % 251) as u8).collect();
+    let info = client.publish_bytes("a/one", &data).await.unwrap();
+    let asset = client.fetch("a/one").await.unwrap();
+    assert_eq!(&asset[..], &data[..]);
+    assert_eq!(asset.hash(), &info.hash);
+
+    let populated = client
+        .fetch_with_options(
+            "a/one",
+            Selector::Version(1),
+            &MapOptions::new().populate(true),
+        )
+        .await
+        .unwrap();
+    assert_eq!(&populated[..], &data[..]);
+    let mut private = client
+        .fetch_private("a/one", Selector::Latest, &MapOptions::new())
+        .await
+        .unwrap();
+    private[0] ^= 0xff;
+    assert_eq!(client.fetch("a/one").await.unwrap()[0], data[0]);
+
+    let file = {
+        let path = daemon.socket().with_file_name("source");
+        std::fs::write(&path, b"from a file").unwrap();
+        std::fs::File::open(&path).unwrap()
+    };
+    client.publish_file("a/two", &file).await.unwrap();
+    assert_eq!(
+        client.stat("a/two", Selector::Latest).await.unwrap().size,
+        11
+    );
+    let names: Vec<String> = client
+        .list("a/")
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|info| info.name)
+        .collect();
+    assert_eq!(names, ["a/one", "a/two"]);
+    assert_eq!(client.status().await.unwrap().names, 2);
+    assert_eq!(client.remove("a/two", None).await.unwrap(), 1);
+
+    let missing = client.fetch("a/two").await.unwrap_err();
+    assert_eq!(missing.code(), Some(memseal::ErrorCode::NotFound));
+    // A refused request leaves the connection usable.
+    assert_eq!(client.fetch("a/one").await.unwrap().version(), 1);
+
+    let mut events = Vec::new();
+    for _ in 0..3 {
+        let event = tokio::time::timeout(Duration::from_secs(10), watcher.next_event())
+            .await
+            .expect("an event within 10 s")
+            .unwrap();
+        events.push(event);
+    }
+    assert!(matches!(&events[0], Event::Published(i) if i.name == "a/one"));
+    assert!(matches!(&events[1], Event::Published(i) if i.name == "a/two"));
+    assert!(matches!(&events[2], Event::Removed(i) if i.name == "a/two"));
+
+    // Cancelling a wait for an event loses nothing.
+    let idle = tokio::time::timeout(Duration::from_millis(20), watcher.next_event()).await;
+    assert!(idle.is_err());
+    client.publish_bytes("a/three", b"3").await.unwrap();
+    let event = tokio::time::timeout(Duration::from_secs(10), watcher.next_event())
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(matches!(event, Event::Published(i) if i.name == "a/three"));
+}

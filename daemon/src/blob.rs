@@ -214,7 +214,7 @@ fn prepare_huge_pages(fd: &OwnedFd, size: u64) {
     match selected {
         Some("always" | "within_size" | "force") => {}
         Some("advise") => {
-            if let Err(e) = fault_in_huge(fd.as_fd(), huge_len) {
+            if let Err(e) = sys::fault_in_huge_pages(fd.as_fd(), huge_len) {
                 tracing::debug!("cannot prepare huge pages for a {size}-byte memfd: {e}");
             }
         }
@@ -230,47 +230,6 @@ fn prepare_huge_pages(fd: &OwnedFd, size: u64) {
             });
         }
     }
-}
-
-/// Fault the first `len` bytes of an empty memfd in through a temporary
-/// shared writable mapping marked `MADV_HUGEPAGE`, then unmap it. `len` is
-/// a multiple of [`HUGE_PAGE`] and at most the file's size.
-///
-/// The kernel places shared mappings of shmem files at 2 MiB-aligned
-/// addresses when huge pages are possible, which the huge allocation needs.
-fn fault_in_huge(fd: BorrowedFd<'_>, len: u64) -> io::Result<()> {
-    use rustix::mm::{madvise, mmap, munmap, Advice, MapFlags, ProtFlags};
-    let len = usize::try_from(len).map_err(|_| io::Error::from(io::ErrorKind::FileTooLarge))?;
-    // SAFETY: a fresh mapping at an address the kernel picks (null hint)
-    // replaces and aliases nothing; it is never turned into a Rust
-    // reference, only advised and unmapped below. `len` does not exceed
-    // the file's size, and the file cannot shrink meanwhile: only this
-    // function holds it.
-    let addr = unsafe {
-        mmap(
-            std::ptr::null_mut(),
-            len,
-            ProtFlags::READ | ProtFlags::WRITE,
-            MapFlags::SHARED,
-            fd,
-            0,
-        )
-    }?;
-    // SAFETY: `addr..addr+len` is the mapping made just above; the advice
-    // only changes the size of the pages behind it.
-    let mut advised = unsafe { madvise(addr, len, Advice::LinuxHugepage) };
-    if advised.is_ok() {
-        // SAFETY: the same mapping; populating allocates its pages
-        // zero-filled, as a first write would, and the memfd is new and
-        // empty, so no byte anyone relies on changes.
-        advised = unsafe { madvise(addr, len, Advice::LinuxPopulateWrite) };
-    }
-    // SAFETY: unmaps exactly the mapping made above, which nothing else
-    // refers to. It must be gone before the memfd is sealed.
-    let unmapped = unsafe { munmap(addr, len) };
-    advised?;
-    unmapped?;
-    Ok(())
 }
 
 /// Make a filled memfd immutable and return the read-only descriptor that

@@ -1,6 +1,7 @@
 //! The daemon's only `unsafe` code: a read-only mapping used to hash a
-//! sealed memfd, two socket queries that rustix does not wrap, and taking
-//! ownership of descriptors the service manager passed.
+//! sealed memfd, a short-lived writable mapping that lets a new memfd be
+//! backed by huge pages, two socket queries that rustix does not wrap, and
+//! taking ownership of descriptors the service manager passed.
 //!
 //! Each function is a small safe wrapper; callers never see a raw pointer.
 
@@ -126,4 +127,45 @@ pub fn adopt_inherited_fd(raw: RawFd) -> OwnedFd {
     // (LISTEN_PID matched) and nothing else in the process owns them; the
     // caller takes each number exactly once, at start-up.
     unsafe { OwnedFd::from_raw_fd(raw) }
+}
+
+/// Fault the first `len` bytes of an empty memfd in through a temporary
+/// shared writable mapping marked `MADV_HUGEPAGE`, then unmap it. `len` is
+/// a multiple of 2 MiB and at most the file's size.
+///
+/// The kernel places shared mappings of shmem files at 2 MiB-aligned
+/// addresses when huge pages are possible, which the huge allocation needs.
+pub fn fault_in_huge_pages(fd: BorrowedFd<'_>, len: u64) -> io::Result<()> {
+    use rustix::mm::{madvise, mmap, munmap, Advice, MapFlags, ProtFlags};
+    let len = usize::try_from(len).map_err(|_| io::Error::from(io::ErrorKind::FileTooLarge))?;
+    // SAFETY: a fresh mapping at an address the kernel picks (null hint)
+    // replaces and aliases nothing; it is never turned into a Rust
+    // reference, only advised and unmapped below. `len` does not exceed
+    // the file's size, and the file cannot shrink meanwhile: only this
+    // function holds it.
+    let addr = unsafe {
+        mmap(
+            std::ptr::null_mut(),
+            len,
+            ProtFlags::READ | ProtFlags::WRITE,
+            MapFlags::SHARED,
+            fd,
+            0,
+        )
+    }?;
+    // SAFETY: `addr..addr+len` is the mapping made just above; the advice
+    // only changes the size of the pages behind it.
+    let mut advised = unsafe { madvise(addr, len, Advice::LinuxHugepage) };
+    if advised.is_ok() {
+        // SAFETY: the same mapping; populating allocates its pages
+        // zero-filled, as a first write would, and the memfd is new and
+        // empty, so no byte anyone relies on changes.
+        advised = unsafe { madvise(addr, len, Advice::LinuxPopulateWrite) };
+    }
+    // SAFETY: unmaps exactly the mapping made above, which nothing else
+    // refers to. It must be gone before the memfd is sealed.
+    let unmapped = unsafe { munmap(addr, len) };
+    advised?;
+    unmapped?;
+    Ok(())
 }

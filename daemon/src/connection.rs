@@ -60,6 +60,10 @@ const QUEUED_REPLY_COST: usize = 768;
 /// is merely slowed down by this, never refused.
 pub const MAX_UNREAD_REPLIES: usize = 64;
 
+/// How long an event may wait for room in a watcher's socket before the
+/// watcher counts as fallen behind.
+const WATCH_SEND_GRACE: Duration = Duration::from_millis(100);
+
 /// Bytes the progress deadline of an upload asks for: each 64 KiB (or the
 /// rest of the upload, if less) must arrive within the I/O timeout.
 const UPLOAD_PROGRESS: u64 = 64 << 10;
@@ -375,12 +379,14 @@ impl Connection {
             Err(End::Peer(FrameError::Io(e))) if e.raw_os_error() == Some(libc::ETOOMANYREFS) => {
                 warn!(
                     peer = %self.peer,
-                    "cannot send a descriptor: too many are in flight to clients that do not read"
+                    "cannot send a descriptor: the kernel says too many of this user's are in \
+                     flight (ETOOMANYREFS); answering busy"
                 );
                 let busy = Response::error(
                     ErrorCode::Busy,
-                    "memseald has too many descriptors waiting unread in other clients' \
-                     sockets to send one more right now; retry shortly",
+                    "memseald cannot pass another descriptor right now: too many of its \
+                     descriptors sit unread in sockets (the kernel's per-user limit); \
+                     retry shortly",
                 );
                 self.send(encode_response(&busy)?, None).await
             }
@@ -519,7 +525,20 @@ impl Connection {
             match next {
                 Next::Event(Ok(event)) => {
                     if event.info().name.starts_with(&prefix) {
-                        self.reply(Response::Event(event), None).await?;
+                        // A watcher whose socket stays full has fallen
+                        // behind: drop it at once rather than let it read
+                        // stale events for seconds; it sees the connection
+                        // end, and must watch again and refetch.
+                        let sent =
+                            timeout(WATCH_SEND_GRACE, self.reply(Response::Event(event), None));
+                        match sent.await {
+                            Ok(result) => result?,
+                            Err(_) => {
+                                return Err(End::Timeout(
+                                    "watcher fell behind: it does not read its events",
+                                ))
+                            }
+                        }
                     }
                 }
                 Next::Event(Err(RecvError::Lagged(missed))) => {
@@ -705,5 +724,25 @@ impl Connection {
                 Err(e) => return Err(End::from(e)),
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn unread_bound_fits_the_descriptor_limit() {
+        // The shipped unit: LimitNOFILE=16384 shared by 1024 connections.
+        let unit = unread_limit(1024, 16384);
+        assert_eq!(unit.replies, 8);
+        assert_eq!(unit.bytes, 7 * QUEUED_REPLY_COST);
+        // Few connections, plenty of descriptors: the ceiling.
+        assert_eq!(unread_limit(64, 20_000).replies, MAX_UNREAD_REPLIES);
+        assert_eq!(unread_limit(1, u64::MAX).replies, MAX_UNREAD_REPLIES);
+        // Starved: still one reply at a time, so fetching works at all.
+        let starved = unread_limit(1024, 64);
+        assert_eq!(starved.replies, 1);
+        assert_eq!(starved.bytes, 0);
     }
 }

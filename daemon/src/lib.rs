@@ -110,10 +110,13 @@ async fn serve(config: Config) -> Result<(), String> {
         max_connections = config.max_connections,
         "ready"
     );
+    // Signal handlers before READY=1: a SIGTERM or SIGHUP sent right after
+    // it must not meet the default action, which kills the process.
+    let stop = stop_signal();
+    spawn_reloader(store.clone(), config.clone());
     notify::ready(&store);
     notify::spawn_heartbeat(store.clone());
-    spawn_reloader(store.clone(), config.clone());
-    server::serve(listener, store.clone(), config.clone(), stop_signal()).await;
+    server::serve(listener, store.clone(), config.clone(), stop).await;
     notify::stopping();
     if let Some(path) = &listening.owned_path {
         if let Err(e) = std::fs::remove_file(path) {
@@ -156,14 +159,17 @@ fn spawn_reloader(store: Arc<Store>, config: Arc<Config>) {
     });
 }
 
-/// Resolves on the first SIGTERM or SIGINT.
-async fn stop_signal() {
+/// Resolves on the first SIGTERM or SIGINT. The handlers are installed
+/// when this is called, not when the future is first polled.
+fn stop_signal() -> impl std::future::Future<Output = ()> {
     use tokio::signal::unix::{signal, SignalKind};
     let mut term = signal(SignalKind::terminate()).expect("SIGTERM handler");
     let mut int = signal(SignalKind::interrupt()).expect("SIGINT handler");
-    tokio::select! {
-        _ = term.recv() => info!("SIGTERM received"),
-        _ = int.recv() => info!("SIGINT received"),
+    async move {
+        tokio::select! {
+            _ = term.recv() => info!("SIGTERM received"),
+            _ = int.recv() => info!("SIGINT received"),
+        }
     }
 }
 

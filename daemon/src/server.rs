@@ -1,7 +1,7 @@
 //! The accept loop: connection limits, peer credentials, graceful shutdown.
 //!
 //! Each accepted connection gets a task. Two limits bound how many run at
-//! once: a total one (a semaphore) and one per uid ([`UidSlots`]), so that
+//! once: a total one (a semaphore) and one per uid (`UidSlots`), so that
 //! a single local user cannot take every slot and lock the others out.
 //! Root and the daemon's own uid are exempt from the per-uid limit: they
 //! run the service. A connection over either limit is told "busy", with

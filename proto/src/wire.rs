@@ -211,7 +211,9 @@ impl FrameReader {
             if self.end - at < HEADER_LEN {
                 break;
             }
-            let header: [u8; HEADER_LEN] = self.buf[at..at + HEADER_LEN].try_into().expect("four bytes");
+            let header: [u8; HEADER_LEN] = self.buf[at..at + HEADER_LEN]
+                .try_into()
+                .expect("four bytes");
             let total = HEADER_LEN + parse_header(header)?;
             boundary += total as u64;
             at += total;
@@ -473,7 +475,9 @@ mod tests {
         // plain, plain+fd, plain: the kernel ends a read after the chunk
         // with the descriptor, so at most two reads deliver all three.
         (&a).write_all(&plain).unwrap();
-        FrameWriter::new(declared, Some(file.as_fd())).write_all(&a).unwrap();
+        FrameWriter::new(declared, Some(file.as_fd()))
+            .write_all(&a)
+            .unwrap();
         (&a).write_all(&plain).unwrap();
         let mut reader = FrameReader::new();
         let counts: Vec<usize> = (0..3)

@@ -1237,9 +1237,10 @@ fn a_descriptor_the_kernel_refuses_becomes_a_busy_reply() {
     // The kernel refuses to pass a descriptor (ETOOMANYREFS) when the
     // sending user has more in flight than the sender's RLIMIT_NOFILE,
     // unless the sender has CAP_SYS_RESOURCE or CAP_SYS_ADMIN. So the
-    // daemon runs with a limit of 64 and, as root, without those two
-    // capabilities; another process of the same user then parks 300
-    // descriptors in a socket nobody reads.
+    // daemon runs with a limit of 256 and, as root, without those two
+    // capabilities; another process of the same user (this one) then parks
+    // 600 descriptors in a socket nobody reads. The limit leaves room for
+    // what the other tests of this file have in flight meanwhile.
     let builder = Daemon::builder();
     let builder = if is_root() {
         builder.wrapper(
@@ -1249,11 +1250,11 @@ fn a_descriptor_the_kernel_refuses_becomes_a_busy_reply() {
                 "--inh-caps=-all",
                 "--",
                 "prlimit",
-                "--nofile=64:64",
+                "--nofile=256:256",
             ],
         )
     } else {
-        builder.wrapper("prlimit", ["--nofile=64:64"])
+        builder.wrapper("prlimit", ["--nofile=256:256"])
     };
     let daemon = builder.start();
     let base = baseline(&daemon);
@@ -1262,7 +1263,7 @@ fn a_descriptor_the_kernel_refuses_becomes_a_busy_reply() {
 
     let (parked, unread) = std::os::unix::net::UnixStream::pair().unwrap();
     let file = marker("adversarial-parked");
-    for _ in 0..2 {
+    for _ in 0..4 {
         parked
             .send_with_fd(b"x", &[file.as_raw_fd(); 150])
             .expect("park 150 descriptors");
@@ -1270,7 +1271,7 @@ fn a_descriptor_the_kernel_refuses_becomes_a_busy_reply() {
     let err = client
         .fetch(PROBE)
         .expect_err("the kernel should refuse the descriptor");
-    eprintln!("[descriptors in flight] with 300 parked: {err}");
+    eprintln!("[descriptors in flight] with 600 parked: {err}");
     assert_eq!(err.code(), Some(ErrorCode::Busy), "{err}");
     // The connection survives the refusal.
     assert!(client.status().is_ok());

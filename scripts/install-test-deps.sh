@@ -14,6 +14,7 @@ declare -A package_of=(
     [systemd-analyze]=systemd
     [systemd-socket-activate]=systemd
     [setpriv]=util-linux
+    [prlimit]=util-linux
     [python3]=python3
     [systemd-nspawn]=systemd-container
     [debootstrap]=debootstrap

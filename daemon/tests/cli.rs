@@ -47,27 +47,34 @@ fn bad_settings_are_refused_with_a_clear_message() {
     assert!(err.contains("cannot read settings file"), "{err}");
 }
 
+/// Start a daemon on `socket` and wait until it accepts connections.
+fn serve(socket: &std::path::Path, config: &std::path::Path) -> std::process::Child {
+    let child = memseald()
+        .arg("--socket")
+        .arg(socket)
+        .arg("--config")
+        .arg(config)
+        .spawn()
+        .unwrap();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while std::os::unix::net::UnixStream::connect(socket).is_err() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "memseald never served {}",
+            socket.display()
+        );
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    }
+    child
+}
+
 #[test]
 fn a_live_daemon_keeps_its_socket() {
     let dir = tempfile::tempdir().unwrap();
     let socket = dir.path().join("s.sock");
     let config = dir.path().join("empty.toml");
     std::fs::write(&config, "").unwrap();
-    let mut first = memseald()
-        .arg("--socket")
-        .arg(&socket)
-        .arg("--config")
-        .arg(&config)
-        .spawn()
-        .unwrap();
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
-    while std::os::unix::net::UnixStream::connect(&socket).is_err() {
-        assert!(
-            std::time::Instant::now() < deadline,
-            "first daemon never served"
-        );
-        std::thread::sleep(std::time::Duration::from_millis(10));
-    }
+    let mut first = serve(&socket, &config);
     let second = memseald()
         .arg("--socket")
         .arg(&socket)
@@ -84,21 +91,7 @@ fn a_live_daemon_keeps_its_socket() {
     // The first daemon died without cleaning up: its socket file is stale
     // and a new daemon replaces it.
     assert!(socket.exists());
-    let mut third = memseald()
-        .arg("--socket")
-        .arg(&socket)
-        .arg("--config")
-        .arg(&config)
-        .spawn()
-        .unwrap();
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
-    while std::os::unix::net::UnixStream::connect(&socket).is_err() {
-        assert!(
-            std::time::Instant::now() < deadline,
-            "daemon did not replace a stale socket"
-        );
-        std::thread::sleep(std::time::Duration::from_millis(10));
-    }
+    let mut third = serve(&socket, &config);
     third.kill().unwrap();
     third.wait().unwrap();
 }

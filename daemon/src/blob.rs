@@ -4,8 +4,8 @@
 //! SHRINK and SEAL, read-only mode bits, and its BLAKE3 hash. Identical
 //! content published under several names or versions shares one blob.
 //!
-//! Blobs come from three sources, each of which ends in [`seal_and_hash`]
-//! or an equivalent check before the blob exists at all, so nothing
+//! Blobs come from three sources; each ends with the memfd sealed (or found
+//! sealed) and hashed before the blob exists at all, so nothing
 //! half-written is ever visible:
 //!
 //! - [`StreamIngest`]: bytes read from the client's socket, written with
@@ -18,7 +18,7 @@
 //!   and SHRINK seals: adopted without copying.
 //!
 //! Memfds of 2 MiB and more are prepared so that transparent huge pages can
-//! back them wherever the host allows it (see [`prepare_huge_pages`]):
+//! back them wherever the host allows it (see `prepare_huge_pages`):
 //! readers that map such an asset 2 MiB-aligned then need one page-table
 //! entry per 2 MiB instead of 512.
 

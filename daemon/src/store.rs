@@ -249,7 +249,7 @@ impl Drop for Reservation {
     }
 }
 
-/// "memseald <version>", as announced in the handshake.
+/// `memseald <version>`, as announced in the handshake.
 pub fn server_name() -> String {
     format!("memseald {}", env!("CARGO_PKG_VERSION"))
 }

@@ -29,7 +29,7 @@
 //! # The path of a fetch through this crate
 //!
 //! The client builds [`Request::Fetch`], [`codec::encode_request`] frames it
-//! and [`wire::send_frame`] writes it. The daemon's [`wire::FrameReader`]
+//! and a [`wire::FrameWriter`] writes it. The daemon's [`wire::FrameReader`]
 //! reassembles the frame, [`codec::decode_request`] checks it, and the reply
 //! [`Response::Asset`] goes back the same way with the memfd attached. The
 //! client's `FrameReader` hands the descriptor over only if the frame

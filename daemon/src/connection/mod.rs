@@ -18,8 +18,12 @@
 //! a client cannot pile up descriptors in flight by reconnecting.
 //!
 //! [`linger`]: Connection::run
+//!
+//! This file holds the connection's life and the small requests; the
+//! larger jobs live beside it: `publish` (reservation, streamed and
+//! descriptor uploads), `watching` (the event stream) and `unread` (the
+//! bound on replies left unread).
 
-use crate::blob::{self, StreamIngest};
 use crate::catalog::CatalogError;
 use crate::config::Config;
 use crate::policy::{Peer, Write};
@@ -27,10 +31,8 @@ use crate::store::Store;
 use crate::sys;
 use memseal_proto::codec::{decode_request, encode_response};
 use memseal_proto::name::{validate_name, validate_prefix};
-use memseal_proto::wire::{recv_raw, FrameReader, FrameWriter, RawFrame};
-use memseal_proto::{
-    ErrorCode, FrameError, Limits, PublishSource, Request, Response, Selector, PROTOCOL_VERSION,
-};
+use memseal_proto::wire::{FrameReader, FrameWriter, RawFrame};
+use memseal_proto::{ErrorCode, FrameError, Limits, Request, Response, Selector, PROTOCOL_VERSION};
 use std::io;
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::sync::Arc;
@@ -41,60 +43,15 @@ use tokio::sync::watch;
 use tokio::time::{timeout, Instant};
 use tracing::{debug, info, warn};
 
+mod publish;
+mod unread;
+mod watching;
+
+pub use unread::{unread_limit, UnreadLimit, MAX_UNREAD_REPLIES};
+
 /// Names listed per page: a page of the longest names stays well under
 /// the 64 KiB frame cap.
 const LIST_PAGE: usize = 128;
-
-/// Largest read of a streamed upload at once.
-const UPLOAD_CHUNK: usize = 1 << 20;
-
-/// What the kernel charges (`SIOCOUTQ`, the sender's `sk_wmem_alloc`) for
-/// one reply frame queued unread: measured 768 bytes on Linux 6.18 for a
-/// frame of up to about 190 bytes, with or without a descriptor, and 1280
-/// for the larger frames that the longest names make. The charge is per
-/// queued message (the buffer's true size), not per byte of payload.
-const QUEUED_REPLY_COST: usize = 768;
-
-/// The most replies with descriptors one connection may leave unread.
-/// The client library asks and reads one at a time; a pipelining client
-/// is merely slowed down by this, never refused.
-pub const MAX_UNREAD_REPLIES: usize = 64;
-
-/// How long an event may wait for room in a watcher's socket before the
-/// watcher counts as fallen behind.
-const WATCH_SEND_GRACE: Duration = Duration::from_millis(100);
-
-/// Bytes the progress deadline of an upload asks for: each 64 KiB (or the
-/// rest of the upload, if less) must arrive within the I/O timeout.
-const UPLOAD_PROGRESS: u64 = 64 << 10;
-
-/// How many replies with descriptors each connection may leave unread.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct UnreadLimit {
-    /// In replies, for people.
-    pub replies: usize,
-    /// In `SIOCOUTQ` bytes, what the check compares against.
-    pub bytes: usize,
-}
-
-/// The bound on unread replies for a daemon of `max_connections` that may
-/// hold `descriptor_limit` descriptors.
-///
-/// The kernel refuses to send a descriptor (`ETOOMANYREFS`) once the
-/// sending user has more in flight than its RLIMIT_NOFILE, and that would
-/// hit healthy clients too. So every connection together may leave at most
-/// half of the limit unread, and each one at most [`MAX_UNREAD_REPLIES`],
-/// but never fewer than one.
-pub fn unread_limit(max_connections: usize, descriptor_limit: u64) -> UnreadLimit {
-    let share = descriptor_limit / 2 / (max_connections.max(1) as u64);
-    let replies = (share.min(MAX_UNREAD_REPLIES as u64) as usize).max(1);
-    UnreadLimit {
-        replies,
-        // The check runs before each send and lets one more through while
-        // the queue is at or under the bound, hence `replies - 1`.
-        bytes: (replies - 1) * QUEUED_REPLY_COST,
-    }
-}
 
 /// Why a connection ended early.
 #[derive(Debug)]
@@ -414,33 +371,6 @@ impl Connection {
         Ok(())
     }
 
-    /// Hold a descriptor reply back while the peer sits on unread replies.
-    /// The kernel does not signal when a peer reads, so this polls, more
-    /// and more slowly: a client that reads soon is served at once, one
-    /// that never reads costs a few dozen wake-ups before it is dropped.
-    /// Returns how many descriptor replies may go out before the next
-    /// check (at least one): the bound minus those still unread.
-    async fn wait_for_reader(&self) -> Result<usize, End> {
-        let deadline = Instant::now() + self.config.io_timeout;
-        let mut pause = Duration::from_millis(1);
-        loop {
-            let unread = sys::unread_bytes(self.stream.as_fd())?;
-            if unread <= self.unread_limit.bytes {
-                // Every queued reply costs at least QUEUED_REPLY_COST.
-                let queued = unread.div_ceil(QUEUED_REPLY_COST);
-                return Ok(self.unread_limit.replies.saturating_sub(queued).max(1));
-            }
-            let now = Instant::now();
-            if now >= deadline {
-                return Err(End::Timeout(
-                    "client left too many replies with descriptors unread",
-                ));
-            }
-            tokio::time::sleep(pause.min(deadline - now)).await;
-            pause = (pause * 2).min(Duration::from_millis(100));
-        }
-    }
-
     async fn reply_error(&self, error: CatalogError) -> Result<(), End> {
         self.reply(Response::error(error.code, error.message), None)
             .await
@@ -497,78 +427,6 @@ impl Connection {
         }
     }
 
-    /// Stream published and removed versions under `prefix` until the
-    /// client closes the connection or falls too far behind.
-    async fn watch(&mut self, prefix: String) -> Result<(), End> {
-        use tokio::sync::broadcast::error::RecvError;
-        if let Err(e) = validate_prefix(&prefix) {
-            let reply = Response::error(ErrorCode::InvalidName, format!("invalid prefix: {e}"));
-            return self.reply(reply, None).await;
-        }
-        // Subscribe before answering, so no change after the answer is missed.
-        let mut events = self.store.subscribe();
-        self.reply(Response::Watching, None).await?;
-        debug!(peer = %self.peer, prefix, "watching");
-        enum Next {
-            Event(Result<memseal_proto::Event, RecvError>),
-            ClientSpoke,
-            Shutdown,
-        }
-        loop {
-            let next = tokio::select! {
-                event = events.recv() => Next::Event(event),
-                // A watching client sends nothing more: any byte, or EOF,
-                // ends the watch.
-                _ = self.stream.readable() => Next::ClientSpoke,
-                _ = self.shutdown.wait_for(|stop| *stop) => Next::Shutdown,
-            };
-            match next {
-                Next::Event(Ok(event)) => {
-                    if event.info().name.starts_with(&prefix) {
-                        // A watcher whose socket stays full has fallen
-                        // behind: drop it at once rather than let it read
-                        // stale events for seconds; it sees the connection
-                        // end, and must watch again and refetch.
-                        let sent =
-                            timeout(WATCH_SEND_GRACE, self.reply(Response::Event(event), None));
-                        match sent.await {
-                            Ok(result) => result?,
-                            Err(_) => {
-                                return Err(End::Timeout(
-                                    "watcher fell behind: it does not read its events",
-                                ))
-                            }
-                        }
-                    }
-                }
-                Next::Event(Err(RecvError::Lagged(missed))) => {
-                    let reply = Response::error(
-                        ErrorCode::Busy,
-                        format!("the watcher fell {missed} events behind; watch again and refetch"),
-                    );
-                    let _ = timeout(Duration::from_secs(1), self.reply(reply, None)).await;
-                    return Err(End::Timeout("watcher fell behind"));
-                }
-                Next::Event(Err(RecvError::Closed)) | Next::Shutdown => return Err(End::Shutdown),
-                Next::ClientSpoke => {
-                    // Readiness can be left over from the watch request
-                    // itself; peek to see whether the client really spoke
-                    // or left.
-                    let peek = self.stream.try_io(Interest::READABLE, || {
-                        let mut byte = [0u8; 1];
-                        rustix::net::recv(&self.stream, &mut byte, rustix::net::RecvFlags::PEEK)
-                            .map(|(n, _)| n)
-                            .map_err(io::Error::from)
-                    });
-                    match peek {
-                        Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
-                        _ => return Err(End::Peer(FrameError::Closed)),
-                    }
-                }
-            }
-        }
-    }
-
     /// Name rules and access policy for a write; the error is the reply.
     fn check_write(&self, action: Write, name: &str) -> Result<(), Response> {
         validate_name(name)
@@ -591,158 +449,5 @@ impl Connection {
             }
             Err(e) => self.reply_error(e).await,
         }
-    }
-
-    async fn publish(
-        &mut self,
-        name: String,
-        size: u64,
-        source: PublishSource,
-        fd: Option<OwnedFd>,
-    ) -> Result<(), End> {
-        if let Err(reply) = self.check_write(Write::Publish, &name) {
-            return self.reply(reply, None).await;
-        }
-        let exempt = self.store.policy().is_publisher(&self.peer);
-        let reservation = match self.store.reserve(size, self.peer.uid, exempt) {
-            Ok(r) => r,
-            // A streamed publish is refused before the client was told to
-            // send, so there is nothing to drain.
-            Err(e) => return self.reply_error(e).await,
-        };
-        let started = std::time::Instant::now();
-        let outcome = match (source, fd) {
-            (PublishSource::Stream, None) => self.receive_stream(size).await?,
-            (PublishSource::Descriptor, Some(fd)) => {
-                match tokio::task::spawn_blocking(move || blob::from_descriptor(fd, size)).await {
-                    Ok(Ok((blob, how))) => {
-                        debug!(?how, "descriptor ingested");
-                        Ok(blob)
-                    }
-                    Ok(Err(e)) => Err(Response::error(ErrorCode::InvalidSource, e.to_string())),
-                    Err(e) => Err(Response::error(
-                        ErrorCode::Internal,
-                        format!("ingest failed: {e}"),
-                    )),
-                }
-            }
-            // decode_request guarantees the descriptor matches the source.
-            _ => Err(Response::error(
-                ErrorCode::ProtocolError,
-                "descriptor mismatch",
-            )),
-        };
-        match outcome {
-            Ok(blob) => {
-                let info = self.store.publish(reservation, &name, blob);
-                info!(
-                    peer = %self.peer,
-                    name = %info.name,
-                    version = info.version,
-                    size = info.size,
-                    hash = %&memseal_proto::message::hash_to_hex(&info.hash)[..16],
-                    elapsed_ms = started.elapsed().as_millis() as u64,
-                    "published"
-                );
-                self.reply(Response::Published(info), None).await
-            }
-            Err(reply) => {
-                drop(reservation);
-                self.reply(reply, None).await
-            }
-        }
-    }
-
-    /// Receive a streamed upload into a new memfd. The outer error ends the
-    /// connection (the peer stalled or vanished: the partial memfd is
-    /// dropped with `ingest`); the inner one is a reply.
-    async fn receive_stream(&mut self, size: u64) -> Result<Result<blob::Blob, Response>, End> {
-        let mut ingest = match StreamIngest::new(size) {
-            Ok(ingest) => ingest,
-            Err(e) => {
-                let message = format!("cannot create a memfd of {size} bytes: {e}");
-                warn!("{message}");
-                return Ok(Err(Response::error(ErrorCode::Internal, message)));
-            }
-        };
-        self.reply(Response::Continue, None).await?;
-        let mut buffer = vec![0u8; (size as usize).clamp(1, UPLOAD_CHUNK)];
-        // A deadline per gap between reads would let a peer that sends a
-        // byte now and then hold its slot, its reservation and a partial
-        // memfd forever; asking for steady progress does not.
-        let mut deadline = Instant::now() + self.config.io_timeout;
-        let mut owed = UPLOAD_PROGRESS.min(size);
-        while ingest.remaining() > 0 {
-            let want = (ingest.remaining() as usize).min(buffer.len());
-            let got = self.read_raw(&mut buffer[..want], deadline).await?;
-            if let Err(e) = ingest.write(&buffer[..got]) {
-                return Err(End::Peer(FrameError::Io(e)));
-            }
-            owed = owed.saturating_sub(got as u64);
-            if owed == 0 {
-                deadline = Instant::now() + self.config.io_timeout;
-                owed = UPLOAD_PROGRESS.min(ingest.remaining());
-            }
-        }
-        match ingest.finish() {
-            Ok(blob) => Ok(Ok(blob)),
-            Err(e) => {
-                let message = format!("cannot seal the new asset: {e}");
-                warn!("{message}");
-                Ok(Err(Response::error(ErrorCode::Internal, message)))
-            }
-        }
-    }
-
-    /// Read some raw upload bytes, waiting at most until `deadline`.
-    /// Bytes that arrived together with the publish request come first.
-    async fn read_raw(&mut self, buffer: &mut [u8], deadline: Instant) -> Result<usize, End> {
-        let buffered = self.reader.take_raw(buffer).map_err(End::Peer)?;
-        if buffered > 0 {
-            return Ok(buffered);
-        }
-        loop {
-            tokio::time::timeout_at(deadline, self.stream.readable())
-                .await
-                .map_err(|_| End::Timeout("upload too slow or stalled"))??;
-            let step = self.stream.try_io(Interest::READABLE, || {
-                match recv_raw(self.stream.as_fd(), buffer) {
-                    Err(FrameError::Io(e)) => Err(e),
-                    other => Ok(other),
-                }
-            });
-            match step {
-                Ok(Ok(0)) => {
-                    return Err(End::Peer(FrameError::Truncated {
-                        received: 0,
-                        expected: buffer.len(),
-                    }))
-                }
-                Ok(Ok(n)) => return Ok(n),
-                Ok(Err(e)) => return Err(End::Peer(e)),
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
-                Err(e) => return Err(End::from(e)),
-            }
-        }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn unread_bound_fits_the_descriptor_limit() {
-        // The shipped unit: LimitNOFILE=16384 shared by 1024 connections.
-        let unit = unread_limit(1024, 16384);
-        assert_eq!(unit.replies, 8);
-        assert_eq!(unit.bytes, 7 * QUEUED_REPLY_COST);
-        // Few connections, plenty of descriptors: the ceiling.
-        assert_eq!(unread_limit(64, 20_000).replies, MAX_UNREAD_REPLIES);
-        assert_eq!(unread_limit(1, u64::MAX).replies, MAX_UNREAD_REPLIES);
-        // Starved: still one reply at a time, so fetching works at all.
-        let starved = unread_limit(1024, 64);
-        assert_eq!(starved.replies, 1);
-        assert_eq!(starved.bytes, 0);
     }
 }

@@ -1,0 +1,103 @@
+//! How many replies with descriptors a client may leave unread.
+//!
+//! Descriptors queued in a socket that its reader never drains count
+//! against the sender's RLIMIT_NOFILE; once the daemon's user has more in
+//! flight than that, the kernel refuses every further descriptor
+//! (`ETOOMANYREFS`), for healthy clients too. So each connection gets a
+//! bound, and a reply that carries a descriptor waits while the client sits
+//! on that many.
+
+use super::{Connection, End};
+use crate::sys;
+use std::os::fd::AsFd;
+use std::time::Duration;
+use tokio::time::Instant;
+
+/// What the kernel charges (`SIOCOUTQ`, the sender's `sk_wmem_alloc`) for
+/// one reply frame queued unread: measured 768 bytes on Linux 6.18 for a
+/// frame of up to about 190 bytes, with or without a descriptor, and 1280
+/// for the larger frames that the longest names make. The charge is per
+/// queued message (the buffer's true size), not per byte of payload.
+const QUEUED_REPLY_COST: usize = 768;
+
+/// The most replies with descriptors one connection may leave unread.
+/// The client library asks and reads one at a time; a pipelining client
+/// is merely slowed down by this, never refused.
+pub const MAX_UNREAD_REPLIES: usize = 64;
+
+/// How many replies with descriptors each connection may leave unread.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct UnreadLimit {
+    /// In replies, for people.
+    pub replies: usize,
+    /// In `SIOCOUTQ` bytes, what the check compares against.
+    pub bytes: usize,
+}
+
+/// The bound on unread replies for a daemon of `max_connections` that may
+/// hold `descriptor_limit` descriptors.
+///
+/// The kernel refuses to send a descriptor (`ETOOMANYREFS`) once the
+/// sending user has more in flight than its RLIMIT_NOFILE, and that would
+/// hit healthy clients too. So every connection together may leave at most
+/// half of the limit unread, and each one at most [`MAX_UNREAD_REPLIES`],
+/// but never fewer than one.
+pub fn unread_limit(max_connections: usize, descriptor_limit: u64) -> UnreadLimit {
+    let share = descriptor_limit / 2 / (max_connections.max(1) as u64);
+    let replies = (share.min(MAX_UNREAD_REPLIES as u64) as usize).max(1);
+    UnreadLimit {
+        replies,
+        // The check runs before each send and lets one more through while
+        // the queue is at or under the bound, hence `replies - 1`.
+        bytes: (replies - 1) * QUEUED_REPLY_COST,
+    }
+}
+
+impl Connection {
+    /// Hold a descriptor reply back while the peer sits on unread replies.
+    /// The kernel does not signal when a peer reads, so this polls, more
+    /// and more slowly: a client that reads soon is served at once, one
+    /// that never reads costs a few dozen wake-ups before it is dropped.
+    /// Returns how many descriptor replies may go out before the next
+    /// check (at least one): the bound minus those still unread.
+    pub(super) async fn wait_for_reader(&self) -> Result<usize, End> {
+        let deadline = Instant::now() + self.config.io_timeout;
+        let mut pause = Duration::from_millis(1);
+        loop {
+            let unread = sys::unread_bytes(self.stream.as_fd())?;
+            if unread <= self.unread_limit.bytes {
+                // Every queued reply costs at least QUEUED_REPLY_COST.
+                let queued = unread.div_ceil(QUEUED_REPLY_COST);
+                return Ok(self.unread_limit.replies.saturating_sub(queued).max(1));
+            }
+            let now = Instant::now();
+            if now >= deadline {
+                return Err(End::Timeout(
+                    "client left too many replies with descriptors unread",
+                ));
+            }
+            tokio::time::sleep(pause.min(deadline - now)).await;
+            pause = (pause * 2).min(Duration::from_millis(100));
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    pub(super) fn unread_bound_fits_the_descriptor_limit() {
+        // The shipped unit: LimitNOFILE=16384 shared by 1024 connections.
+        let unit = unread_limit(1024, 16384);
+        assert_eq!(unit.replies, 8);
+        assert_eq!(unit.bytes, 7 * QUEUED_REPLY_COST);
+        // Few connections, plenty of descriptors: the ceiling.
+        assert_eq!(unread_limit(64, 20_000).replies, MAX_UNREAD_REPLIES);
+        assert_eq!(unread_limit(1, u64::MAX).replies, MAX_UNREAD_REPLIES);
+        // Starved: still one reply at a time, so fetching works at all.
+        let starved = unread_limit(1024, 64);
+        assert_eq!(starved.replies, 1);
+        assert_eq!(starved.bytes, 0);
+    }
+}

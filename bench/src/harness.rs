@@ -33,16 +33,19 @@ pub enum Part {
     Publish,
     /// The daemon's memory and start-up time.
     Footprint,
+    /// What the client's mapping options, cache and private view buy.
+    Options,
 }
 
 impl Part {
     /// Every section.
-    pub const ALL: [Part; 5] = [
+    pub const ALL: [Part; 6] = [
         Part::Fetch,
         Part::Compare,
         Part::Memory,
         Part::Publish,
         Part::Footprint,
+        Part::Options,
     ];
 }
 
@@ -269,13 +272,13 @@ impl Bench {
         let parts = self.options.parts.clone();
         let wanted = |part| parts.contains(&part);
         if wanted(Part::Fetch) {
-            eprintln!("1/5 fetch latency against the floor");
+            eprintln!("1/6 fetch latency against the floor");
             let (fetch, fetch_targets) = scenario::fetch::run(&self)?;
             sections.extend(fetch);
             targets.extend(fetch_targets);
         }
         if wanted(Part::Compare) {
-            eprintln!("2/5 fetch against Redis GET and read()");
+            eprintln!("2/6 fetch against Redis GET and read()");
             let (compare, compare_targets) = scenario::compare::run(&self)?;
             sections.push(compare);
             targets.extend(compare_targets);
@@ -283,20 +286,24 @@ impl Bench {
         // The rest is measured as deployed: no pinning.
         self.place(Placement::Default)?;
         if wanted(Part::Memory) {
-            eprintln!("3/5 memory of many readers");
+            eprintln!("3/6 memory of many readers");
             let (memory, memory_targets) = scenario::memory::run(&self)?;
             sections.push(memory);
             targets.extend(memory_targets);
         }
         if wanted(Part::Publish) {
-            eprintln!("4/5 publish throughput");
+            eprintln!("4/6 publish throughput");
             let (publish, publish_targets) = scenario::publish::run(&self)?;
             sections.push(publish);
             targets.extend(publish_targets);
         }
         if wanted(Part::Footprint) {
-            eprintln!("5/5 daemon footprint and start-up");
+            eprintln!("5/6 daemon footprint and start-up");
             sections.push(scenario::footprint::run(&self)?);
+        }
+        if wanted(Part::Options) {
+            eprintln!("6/6 what the mapping options buy");
+            sections.extend(scenario::options::run(&self)?);
         }
 
         let notes = std::mem::take(&mut self.notes);

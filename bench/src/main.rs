@@ -14,9 +14,10 @@
 //!
 //! - [`harness`]: the options, the set-up shared by every measurement, and
 //!   the order of the sections.
-//! - [`scenario`]: the five measurements, one module each: fetch latency
+//! - [`scenario`]: the measurements, one module each: fetch latency
 //!   against the floor, the comparison with Redis and read(), memory of
-//!   many readers, publish throughput, and the daemon's footprint.
+//!   many readers, publish throughput, the daemon's footprint, and what
+//!   the client's mapping options buy.
 //! - [`workload`]: the ways of getting an asset's bytes (memseal, floor,
 //!   Redis, read) behind one trait, and the timing loop they share.
 //! - [`floor`] and [`mapping`]: the minimal handoff that the fetch rows are

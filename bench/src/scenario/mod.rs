@@ -1,4 +1,4 @@
-//! The five measurements of the issue, one module each. Every `run` takes
+//! The measurements of the issues, one module each. Every `run` takes
 //! the shared [`Bench`](crate::harness::Bench) and returns its table(s) and
 //! the targets it checks.
 
@@ -6,4 +6,5 @@ pub mod compare;
 pub mod fetch;
 pub mod footprint;
 pub mod memory;
+pub mod options;
 pub mod publish;

@@ -10,6 +10,10 @@
 //! stored descriptor. `bash` places them (`exec 3<&100 ...`; dash only
 //! knows single-digit descriptors) and exports
 //! LISTEN_PID as its own pid before exec'ing the daemon, which keeps it.
+//!
+//! Like systemd, the fake takes in every notification a dead daemon sent
+//! before it starts the next one, so a descriptor stored just before a
+//! crash is never missed.
 
 use crate::{bin, SPAWN_LOCK};
 use rustix::io::FdFlags;
@@ -21,7 +25,7 @@ use std::os::fd::{AsFd, AsRawFd, OwnedFd};
 use std::os::unix::net::{UnixDatagram, UnixListener};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
-use std::sync::{Arc, Condvar, Mutex};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 /// One notification message, as received.
@@ -55,7 +59,9 @@ pub struct FakeSystemd {
     dir: PathBuf,
     notify_path: PathBuf,
     listener: Option<UnixListener>,
-    state: Arc<(Mutex<State>, Condvar)>,
+    /// The notification socket and what arrived on it, shared with the
+    /// thread that keeps reading it.
+    inbox: Arc<Inbox>,
     child: Option<Child>,
     args: Vec<String>,
 }
@@ -68,14 +74,28 @@ impl FakeSystemd {
         let notify = UnixDatagram::bind(&notify_path).expect("bind notify socket");
         let listener = activate
             .then(|| UnixListener::bind(dir.join("memseald.sock")).expect("bind listen socket"));
-        let state: Arc<(Mutex<State>, Condvar)> = Arc::default();
-        let receiver = state.clone();
-        std::thread::spawn(move || receive_notifications(notify, receiver));
+        notify
+            .set_nonblocking(true)
+            .expect("non-blocking notify socket");
+        let inbox = Arc::new(Inbox {
+            notify,
+            state: Mutex::default(),
+        });
+        // The daemon's notifications are blocking sends: keep reading them,
+        // as a service manager does, or a full queue would stall it.
+        let reader = Arc::downgrade(&inbox);
+        std::thread::spawn(move || {
+            while let Some(inbox) = reader.upgrade() {
+                drop(inbox.pump());
+                drop(inbox);
+                std::thread::sleep(Duration::from_millis(1));
+            }
+        });
         FakeSystemd {
             dir: dir.to_path_buf(),
             notify_path,
             listener,
-            state,
+            inbox,
             child: None,
             args: args.iter().map(|s| s.to_string()).collect(),
         }
@@ -90,8 +110,7 @@ impl FakeSystemd {
     pub fn start(&mut self) {
         assert!(self.child.is_none(), "already running");
         let _guard = SPAWN_LOCK.lock().unwrap_or_else(|e| e.into_inner());
-        let (lock, _) = &*self.state;
-        let state = lock.lock().unwrap();
+        let state = self.inbox.pump();
         let mut passed: Vec<(String, OwnedFd)> = Vec::new();
         if let Some(listener) = &self.listener {
             passed.push(("listen".into(), inheritable(listener.as_fd())));
@@ -148,11 +167,14 @@ impl FakeSystemd {
     }
 
     /// SIGKILL the daemon and reap it (a crash, as far as it can tell).
+    /// Like systemd, take in every notification the dead process sent
+    /// before doing anything else, so no descriptor it stored is missed.
     pub fn kill(&mut self) {
         if let Some(mut child) = self.child.take() {
             let _ = child.kill();
             let _ = child.wait();
         }
+        drop(self.inbox.pump());
     }
 
     /// SIGTERM and wait for a clean exit.
@@ -177,40 +199,35 @@ impl FakeSystemd {
     /// Wait until a notification after position `from` in the log matches,
     /// and return its position.
     pub fn wait_for(&self, from: usize, what: impl Fn(&Notification) -> bool) -> usize {
-        let (lock, changed) = &*self.state;
         let deadline = Instant::now() + Duration::from_secs(20);
-        let mut state = lock.lock().unwrap();
         loop {
-            if let Some(i) = state.log.iter().skip(from).position(&what) {
+            if let Some(i) = self.inbox.pump().log.iter().skip(from).position(&what) {
                 return from + i;
             }
-            let left = deadline.saturating_duration_since(Instant::now());
             assert!(
-                !left.is_zero(),
+                Instant::now() < deadline,
                 "notification not received; daemon log:\n{}",
                 self.logs()
             );
-            state = changed.wait_timeout(state, left).unwrap().0;
+            std::thread::sleep(Duration::from_millis(2));
         }
     }
 
     /// The notification at position `index`.
     pub fn notification(&self, index: usize) -> Notification {
-        self.state.0.lock().unwrap().log[index].clone()
+        self.inbox.pump().log[index].clone()
     }
 
     /// How many notifications arrived so far.
     pub fn notifications(&self) -> usize {
-        self.state.0.lock().unwrap().log.len()
+        self.inbox.pump().log.len()
     }
 
     /// Names in the fd store, sorted.
     pub fn stored_names(&self) -> Vec<String> {
         let mut names: Vec<String> = self
-            .state
-            .0
-            .lock()
-            .unwrap()
+            .inbox
+            .pump()
             .store
             .iter()
             .map(|(n, _)| n.clone())
@@ -221,9 +238,64 @@ impl FakeSystemd {
 
     /// Replace the descriptor stored under `name` (or add one).
     pub fn put(&self, name: &str, fd: OwnedFd) {
-        let mut state = self.state.0.lock().unwrap();
+        let mut state = self.inbox.pump();
         state.store.retain(|(n, _)| n != name);
         state.store.push((name.to_owned(), fd));
+    }
+}
+
+/// The notification socket and the state built from it.
+struct Inbox {
+    notify: UnixDatagram,
+    state: Mutex<State>,
+}
+
+impl Inbox {
+    /// Take in every notification waiting on the socket, in order, and
+    /// return the state with them applied: FDSTORE=1 keeps the descriptors
+    /// under their FDNAME, FDSTOREREMOVE=1 drops that name. Messages are
+    /// only ever received under the lock, so once a caller holds it, none
+    /// is half-applied.
+    fn pump(&self) -> std::sync::MutexGuard<'_, State> {
+        let mut state = self.state.lock().unwrap();
+        let mut buffer = [0u8; 8192];
+        loop {
+            let mut space = [MaybeUninit::<u8>::uninit(); rustix::cmsg_space!(ScmRights(32))];
+            let mut control = RecvAncillaryBuffer::new(&mut space);
+            let Ok(msg) = recvmsg(
+                &self.notify,
+                &mut [IoSliceMut::new(&mut buffer)],
+                &mut control,
+                RecvFlags::CMSG_CLOEXEC,
+            ) else {
+                // EAGAIN: nothing more waiting.
+                return state;
+            };
+            let mut fds: Vec<OwnedFd> = Vec::new();
+            for message in control.drain() {
+                if let RecvAncillaryMessage::ScmRights(received) = message {
+                    fds.extend(received);
+                }
+            }
+            let text = String::from_utf8_lossy(&buffer[..msg.bytes]).into_owned();
+            let fields: Vec<(String, String)> = text
+                .lines()
+                .filter_map(|l| l.split_once('=').map(|(k, v)| (k.to_owned(), v.to_owned())))
+                .collect();
+            let notification = Notification {
+                fields,
+                fds: fds.len(),
+            };
+            let name = notification.get("FDNAME").unwrap_or("stored").to_owned();
+            if notification.get("FDSTORE") == Some("1") {
+                for fd in fds {
+                    state.store.push((name.clone(), fd));
+                }
+            } else if notification.get("FDSTOREREMOVE") == Some("1") {
+                state.store.retain(|(n, _)| *n != name);
+            }
+            state.log.push_back(notification);
+        }
     }
 }
 
@@ -239,47 +311,4 @@ fn inheritable(fd: std::os::fd::BorrowedFd<'_>) -> OwnedFd {
     let copy = rustix::io::fcntl_dupfd_cloexec(fd, 100).expect("dup");
     rustix::io::fcntl_setfd(&copy, FdFlags::empty()).expect("clear CLOEXEC");
     copy
-}
-
-fn receive_notifications(socket: UnixDatagram, state: Arc<(Mutex<State>, Condvar)>) {
-    let mut buffer = vec![0u8; 8192];
-    loop {
-        let mut space = [MaybeUninit::<u8>::uninit(); rustix::cmsg_space!(ScmRights(32))];
-        let mut control = RecvAncillaryBuffer::new(&mut space);
-        let Ok(msg) = recvmsg(
-            &socket,
-            &mut [IoSliceMut::new(&mut buffer)],
-            &mut control,
-            RecvFlags::CMSG_CLOEXEC,
-        ) else {
-            return;
-        };
-        let mut fds: Vec<OwnedFd> = Vec::new();
-        for message in control.drain() {
-            if let RecvAncillaryMessage::ScmRights(received) = message {
-                fds.extend(received);
-            }
-        }
-        let text = String::from_utf8_lossy(&buffer[..msg.bytes]).into_owned();
-        let fields: Vec<(String, String)> = text
-            .lines()
-            .filter_map(|l| l.split_once('=').map(|(k, v)| (k.to_owned(), v.to_owned())))
-            .collect();
-        let notification = Notification {
-            fields,
-            fds: fds.len(),
-        };
-        let (lock, changed) = &*state;
-        let mut state = lock.lock().unwrap();
-        let name = notification.get("FDNAME").unwrap_or("stored").to_owned();
-        if notification.get("FDSTORE") == Some("1") {
-            for fd in fds {
-                state.store.push((name.clone(), fd));
-            }
-        } else if notification.get("FDSTOREREMOVE") == Some("1") {
-            state.store.retain(|(n, _)| *n != name);
-        }
-        state.log.push_back(notification);
-        changed.notify_all();
-    }
 }

@@ -402,12 +402,12 @@ fn names_with_tricks_are_refused() {
             other => panic!("remove {:?}: got {other:?}", &name[..name.len().min(20)]),
         }
     }
-    // Fetching a path-like name finds nothing; listing with one is refused.
+    // Fetching or listing with a path-like name is refused as invalid.
     peer.send(&Request::Fetch {
         name: "../../etc/passwd".into(),
         selector: Selector::Latest,
     });
-    assert!(matches!(peer.recv(), Response::Error(r) if r.code == ErrorCode::NotFound));
+    assert!(matches!(peer.recv(), Response::Error(r) if r.code == ErrorCode::InvalidName));
     peer.send(&Request::List {
         prefix: "/etc".into(),
         start_after: None,

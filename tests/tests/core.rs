@@ -249,6 +249,13 @@ fn not_found_and_invalid_names() {
         let err = client.publish_bytes(bad, b"x").unwrap_err();
         assert_eq!(err.code(), Some(ErrorCode::InvalidName), "{bad:?}: {err}");
     }
+    // A name that can never exist is refused as such on reads too.
+    for bad in ["/etc/passwd", "a/../b", ""] {
+        let err = client.fetch(bad).unwrap_err();
+        assert_eq!(err.code(), Some(ErrorCode::InvalidName), "{bad:?}: {err}");
+        let err = client.stat(bad, Selector::Latest).unwrap_err();
+        assert_eq!(err.code(), Some(ErrorCode::InvalidName), "{bad:?}: {err}");
+    }
     // The connection stays usable after refusals.
     client.publish_bytes("fine", b"x").unwrap();
 }

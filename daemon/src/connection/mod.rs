@@ -383,8 +383,16 @@ impl Connection {
                 Err(self.protocol_error(e).await)
             }
             Request::Publish { name, size, source } => self.publish(name, size, source, fd).await,
-            Request::Fetch { name, selector } => self.fetch(&name, selector).await,
+            Request::Fetch { name, selector } => {
+                if let Err(reply) = invalid_name(&name) {
+                    return self.reply(reply, None).await;
+                }
+                self.fetch(&name, selector).await
+            }
             Request::Stat { name, selector } => {
+                if let Err(reply) = invalid_name(&name) {
+                    return self.reply(reply, None).await;
+                }
                 let reply = match self.store.stat(&name, selector) {
                     Ok(info) => Response::Info(info),
                     Err(e) => Response::error(e.code, e.message),
@@ -429,8 +437,7 @@ impl Connection {
 
     /// Name rules and access policy for a write; the error is the reply.
     fn check_write(&self, action: Write, name: &str) -> Result<(), Response> {
-        validate_name(name)
-            .map_err(|e| Response::error(ErrorCode::InvalidName, format!("invalid name: {e}")))?;
+        invalid_name(name)?;
         self.store
             .policy()
             .check_write(&self.peer, action, name)
@@ -450,4 +457,11 @@ impl Connection {
             Err(e) => self.reply_error(e).await,
         }
     }
+}
+
+/// The name rules, as a reply: a name that breaks them can never exist,
+/// so the client is told why rather than "not found".
+fn invalid_name(name: &str) -> Result<(), Response> {
+    validate_name(name)
+        .map_err(|e| Response::error(ErrorCode::InvalidName, format!("invalid name: {e}")))
 }

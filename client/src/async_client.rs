@@ -153,6 +153,50 @@ impl AsyncClient {
         socket.end(result)
     }
 
+    /// Publish exactly `size` bytes read from `reader`, streaming them. See
+    /// [`Client::publish_reader`](crate::Client::publish_reader): if the
+    /// reader fails or ends early, the publish and the connection are
+    /// abandoned.
+    pub async fn publish_reader(
+        &mut self,
+        name: &str,
+        mut reader: impl tokio::io::AsyncRead + Unpin,
+        size: u64,
+    ) -> Result<AssetInfo, Error> {
+        use tokio::io::AsyncReadExt;
+        let request = Request::Publish {
+            name: name.to_owned(),
+            size,
+            source: PublishSource::Stream,
+        };
+        self.requests += 1;
+        let socket = &mut self.socket;
+        socket.begin()?;
+        let result = async {
+            protocol::proceed(socket.call_plain(&request).await?)?;
+            let mut buffer = protocol::stream_buffer(size);
+            let mut left = size;
+            while left > 0 {
+                let want = buffer
+                    .len()
+                    .min(usize::try_from(left).unwrap_or(usize::MAX));
+                let got = match reader.read(&mut buffer[..want]).await {
+                    Ok(0) => return Err(protocol::upload_ended(size - left, size)),
+                    Ok(got) => got,
+                    Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+                    Err(e) => return Err(protocol::upload_unreadable(e)),
+                };
+                if let Err(e) = socket.send_raw(&buffer[..got]).await {
+                    return Err(socket.reason_for_hangup(e).await);
+                }
+                left -= got as u64;
+            }
+            protocol::published(socket.receive().await?.message)
+        }
+        .await;
+        socket.end(result)
+    }
+
     /// Publish the whole of a regular file; the daemon copies it
     /// kernel-side. See [`Client::publish_file`](crate::Client::publish_file).
     pub async fn publish_file(&mut self, name: &str, file: &File) -> Result<AssetInfo, Error> {

@@ -16,9 +16,6 @@ use std::io::{self, Read};
 use std::os::fd::{AsFd, BorrowedFd};
 use std::path::{Path, PathBuf};
 
-/// How many bytes of a reader go out per `send` in a streamed publish.
-const STREAM_CHUNK: usize = 256 * 1024;
-
 /// A connection to memseald.
 ///
 /// Requests are answered in order, one at a time, so methods take
@@ -129,31 +126,17 @@ impl Client {
         size: u64,
     ) -> Result<AssetInfo, Error> {
         self.publish_stream(name, size, |connection| {
-            let mut buffer =
-                vec![0u8; STREAM_CHUNK.min(usize::try_from(size).unwrap_or(usize::MAX))];
+            let mut buffer = protocol::stream_buffer(size);
             let mut left = size;
             while left > 0 {
                 let want = buffer
                     .len()
                     .min(usize::try_from(left).unwrap_or(usize::MAX));
                 let got = match reader.read(&mut buffer[..want]) {
-                    Ok(0) => {
-                        return Err(Error::Io(io::Error::new(
-                            io::ErrorKind::UnexpectedEof,
-                            format!(
-                                "the data to publish ended after {} of {size} bytes",
-                                size - left
-                            ),
-                        )))
-                    }
+                    Ok(0) => return Err(protocol::upload_ended(size - left, size)),
                     Ok(got) => got,
                     Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-                    Err(e) => {
-                        return Err(Error::Io(io::Error::new(
-                            e.kind(),
-                            format!("cannot read the data to publish: {e}"),
-                        )))
-                    }
+                    Err(e) => return Err(protocol::upload_unreadable(e)),
                 };
                 connection.send_raw(&buffer[..got])?;
                 left -= got as u64;

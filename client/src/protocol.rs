@@ -219,3 +219,27 @@ pub(crate) fn unexpected(expected: &'static str, got: &Response) -> Error {
         got: got.kind(),
     }
 }
+
+/// How many bytes of a reader go out per `send` in a streamed publish.
+pub(crate) const STREAM_CHUNK: usize = 256 * 1024;
+
+/// The buffer for streaming `size` bytes: a chunk, or less for a small upload.
+pub(crate) fn stream_buffer(size: u64) -> Vec<u8> {
+    vec![0u8; STREAM_CHUNK.min(usize::try_from(size).unwrap_or(usize::MAX))]
+}
+
+/// The caller's data ended after `sent` of the `size` bytes it promised.
+pub(crate) fn upload_ended(sent: u64, size: u64) -> Error {
+    Error::Io(std::io::Error::new(
+        std::io::ErrorKind::UnexpectedEof,
+        format!("the data to publish ended after {sent} of {size} bytes"),
+    ))
+}
+
+/// The caller's data could not be read.
+pub(crate) fn upload_unreadable(e: std::io::Error) -> Error {
+    Error::Io(std::io::Error::new(
+        e.kind(),
+        format!("cannot read the data to publish: {e}"),
+    ))
+}

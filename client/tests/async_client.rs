@@ -150,3 +150,30 @@ async fn every_operation_works_as_in_the_blocking_client() {
         .unwrap();
     assert!(matches!(event, Event::Published(i) if i.name == "a/three"));
 }
+
+#[tokio::test(flavor = "current_thread")]
+async fn publish_reader_streams_exactly_the_promised_bytes() {
+    let Some(daemon) = RealDaemon::start() else {
+        return;
+    };
+    let mut client = AsyncClient::connect_to(daemon.socket()).await.unwrap();
+    // More than one chunk, from any AsyncRead (a byte slice here).
+    let data: Vec<u8> = (0..700_000u32).map(|i| (i % 241) as u8).collect();
+    let info = client
+        .publish_reader("r/streamed", &data[..], data.len() as u64)
+        .await
+        .unwrap();
+    assert_eq!(info.size, data.len() as u64);
+    assert_eq!(&client.fetch("r/streamed").await.unwrap()[..], &data[..]);
+
+    // A reader that ends early abandons the publish: nothing becomes
+    // visible, and the error says how far it got.
+    let err = client
+        .publish_reader("r/short", &data[..10], 20)
+        .await
+        .unwrap_err();
+    assert!(err.to_string().contains("after 10 of 20 bytes"), "{err}");
+    let mut fresh = AsyncClient::connect_to(daemon.socket()).await.unwrap();
+    let missing = fresh.fetch("r/short").await.unwrap_err();
+    assert_eq!(missing.code(), Some(memseal::ErrorCode::NotFound));
+}

@@ -56,8 +56,9 @@
 //!
 //! [`Client::fetch`] sends `Request::Fetch`; the daemon answers
 //! `Response::Asset` with one descriptor riding on the frame. The descriptor
-//! arrives close-on-exec, is handed to [`verify()`], which checks the file
-//! type, the seals and the size in that order and maps exactly the file's
+//! arrives close-on-exec, is handed to [`verify()`], which checks the seals
+//! first, then (with one `fstat`, now that nothing can change them) the file
+//! type and the size, and maps exactly the file's
 //! size with `PROT_READ` and `MAP_PRIVATE`. The result is an [`Asset`] that
 //! dereferences to the mapped bytes and unmaps and closes them on drop. A
 //! descriptor that fails any check is closed at once and never mapped.

@@ -222,17 +222,19 @@ impl fmt::Debug for Sealed {
 /// `expected_size`, when given, must equal the file's size: it is what the
 /// sender announced. The checks, in order:
 ///
-/// 1. `fstat` says it is a regular file (a memfd is one);
-/// 2. `F_GET_SEALS` says `F_SEAL_WRITE`, `F_SEAL_GROW` and `F_SEAL_SHRINK`
-///    are all set. The test is a mask: extra seals such as `F_SEAL_SEAL` or
-///    `F_SEAL_EXEC` are welcome, and `F_SEAL_FUTURE_WRITE` does not stand in
-///    for `F_SEAL_WRITE`, because a writable mapping made before it keeps
-///    writing;
-/// 3. a second `fstat`, *after* the seals are known, gives the size that is
-///    compared with what the sender announced and mapped. With
-///    `F_SEAL_SHRINK` and `F_SEAL_GROW` in place that size is final; read
-///    before the seal check, it could have changed in between;
-/// 4. the whole file, and never more, is mapped `PROT_READ` and
+/// 1. `F_GET_SEALS` says `F_SEAL_WRITE`, `F_SEAL_GROW` and `F_SEAL_SHRINK`
+///    are all set. The call fails (`EINVAL`) on anything that is not shared
+///    memory, which is reported as such after an `fstat` names what the
+///    descriptor is. The test is a mask: extra seals such as `F_SEAL_SEAL`
+///    or `F_SEAL_EXEC` are welcome, and `F_SEAL_FUTURE_WRITE` does not
+///    stand in for `F_SEAL_WRITE`, because a writable mapping made before it
+///    keeps writing;
+/// 2. one `fstat`, *after* the seals are known, says it is a regular file
+///    (a memfd is one) and gives the size that is compared with what the
+///    sender announced and mapped. With `F_SEAL_SHRINK` and `F_SEAL_GROW` in
+///    place that size is final; read before the seal check, it could have
+///    changed in between;
+/// 3. the whole file, and never more, is mapped `PROT_READ` and
 ///    `MAP_PRIVATE`.
 ///
 /// On failure `fd` is closed and nothing stays mapped.
@@ -286,7 +288,7 @@ pub(crate) fn verify_private(
     Ok((map, fd))
 }
 
-/// Checks 1 to 3 of [`verify`]: the size to map, once the file is known to
+/// Checks 1 and 2 of [`verify`]: the size to map, once the file is known to
 /// be sealed and to hold what the sender announced.
 fn checked_len(fd: BorrowedFd<'_>, expected_size: Option<u64>) -> Result<usize, VerifyError> {
     let size = check_sealed(fd)?;

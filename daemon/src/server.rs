@@ -117,7 +117,7 @@ pub async fn serve(
         });
     }
     info!(
-        connections = tasks.len(),
+        connections = store.connections(),
         "shutting down: no longer accepting"
     );
     drop(listener);

@@ -134,23 +134,8 @@ impl AsyncClient {
 
     /// Publish `bytes` as the next version of `name`, streaming them.
     pub async fn publish_bytes(&mut self, name: &str, bytes: &[u8]) -> Result<AssetInfo, Error> {
-        let request = Request::Publish {
-            name: name.to_owned(),
-            size: bytes.len() as u64,
-            source: PublishSource::Stream,
-        };
-        self.requests += 1;
-        let socket = &mut self.socket;
-        socket.begin()?;
-        let result = async {
-            protocol::proceed(socket.call_plain(&request).await?)?;
-            if let Err(e) = socket.send_raw(bytes).await {
-                return Err(socket.reason_for_hangup(e).await);
-            }
-            protocol::published(socket.receive().await?.message)
-        }
-        .await;
-        socket.end(result)
+        // A byte slice is an `AsyncRead` that never fails or ends early.
+        self.publish_reader(name, bytes, bytes.len() as u64).await
     }
 
     /// Publish exactly `size` bytes read from `reader`, streaming them. See

@@ -36,11 +36,9 @@ impl SealedMap {
             .ok()
             .filter(|&len| len > 0 && len <= isize::MAX as usize)
             .ok_or_else(|| io::Error::other("the floor server sent an empty file"))?;
-        // SAFETY: a null hint lets the kernel pick unused address space, so
-        // nothing existing is replaced. The file is sealed against writes,
-        // growth and shrinking (checked just above; seals never come off),
-        // so the `len` bytes measured after the check stay valid and
-        // unchanged for as long as the mapping lives.
+        // A null hint gets unused address space, so nothing existing is replaced.
+        // SAFETY: the file is sealed against writes, growth and shrinking (checked above, and seals
+        // never come off), so the `len` bytes measured after it stay valid and unchanged.
         let addr = unsafe {
             mmap(
                 std::ptr::null_mut(),

@@ -87,10 +87,9 @@ impl Mapping {
         let addr = if plan.huge_pages {
             map_huge_aligned(fd, len, plan)?
         } else {
-            // SAFETY: a null address lets the kernel choose fresh address
-            // space, so no existing memory or Rust object is replaced or
-            // aliased. What the new memory may be used for is governed by
-            // this function's own contract, which the caller upholds.
+            // A null address lets the kernel choose fresh address space.
+            // SAFETY: nothing existing is replaced or aliased, and what the new memory may be
+            // used for is this function's own contract, which the caller upholds.
             unsafe {
                 mmap(
                     ptr::null_mut(),
@@ -124,15 +123,13 @@ impl Mapping {
         if self.len == 0 {
             return &[];
         }
-        // SAFETY: `ptr` is the start of a live mapping of `len` readable
-        // bytes (it is unmapped only in `drop`, which needs `&mut self`), and
-        // `len` is at most `isize::MAX`. The contract of `map` makes the
-        // file immutable: the seals stop every other writer, and the file
-        // cannot shrink under the mapping (so no read faults with SIGBUS).
-        // A writable mapping is changed only through `as_mut_slice`, which
-        // borrows `self` mutably, so no write can happen while this shared
-        // slice lives. The slice borrows `self`, so it cannot outlive the
-        // mapping.
+        // `ptr` starts a live mapping of `len` readable bytes, unmapped only in `drop` (which
+        // needs `&mut self`), and `len` is at most `isize::MAX`. The contract of `map` makes the
+        // file immutable: the seals stop every other writer, and the file cannot shrink under the
+        // mapping, so no read faults with SIGBUS. A writable mapping changes only through
+        // `as_mut_slice`, which borrows `self` mutably, so no write happens while this lives.
+        // SAFETY: by the above, the bytes are live, in bounds and unchanging for as long as the
+        // returned slice borrows `self`.
         unsafe { std::slice::from_raw_parts(self.ptr.as_ptr(), self.len) }
     }
 
@@ -145,10 +142,10 @@ impl Mapping {
         if self.len == 0 {
             return Some(&mut []);
         }
-        // SAFETY: as in `as_slice`, plus: the pages are mapped PROT_WRITE
-        // and MAP_PRIVATE, so writes go to copies private to this process
-        // and never to the sealed file; `&mut self` makes this the only
-        // reference to the bytes while it lives.
+        // As in `as_slice`, plus: the pages are mapped PROT_WRITE and MAP_PRIVATE, so writes go to
+        // copies private to this process and never to the sealed file.
+        // SAFETY: the bytes are live and in bounds, and `&mut self` makes this the only reference
+        // to them while it lives.
         Some(unsafe { std::slice::from_raw_parts_mut(self.ptr.as_ptr(), self.len) })
     }
 
@@ -156,9 +153,9 @@ impl Mapping {
     fn advise(&self, plan: &MapPlan) -> io::Result<()> {
         let ptr = self.ptr.as_ptr().cast::<c_void>();
         if plan.huge_pages {
-            // SAFETY: `ptr..ptr+len` is this live mapping. MADV_HUGEPAGE
-            // only lets the kernel use larger pages for the same bytes; it
-            // never changes what the memory holds.
+            // MADV_HUGEPAGE only lets the kernel use larger pages for the same bytes.
+            // SAFETY: `ptr..ptr+len` is this live mapping, and the advice never changes what it
+            // holds.
             match unsafe { madvise(ptr, self.len, Advice::LinuxHugepage) } {
                 // A kernel built without transparent huge pages: the
                 // mapping still works, with small pages.
@@ -167,10 +164,9 @@ impl Mapping {
             }
         }
         if let Some(advice) = plan.advice {
-            // SAFETY: as above; access advice changes read-ahead and
-            // reclaim decisions, never contents (the advice values are
-            // limited to normal, random, sequential and will-need by
-            // `MapOptions`).
+            // `MapOptions` limits the advice to normal, random, sequential and will-need.
+            // SAFETY: `ptr..ptr+len` is this live mapping; access advice changes read-ahead and
+            // reclaim decisions, never contents.
             unsafe { madvise(ptr, self.len, advice) }?;
         }
         Ok(())
@@ -190,11 +186,9 @@ impl Mapping {
             // every kernel knows; the fresh mapping has lost the advice of
             // the old one, so advise again.
             Err(Errno::INVAL) => {
-                // SAFETY: MAP_FIXED replaces exactly the range this value
-                // owns, with a mapping of the same file, offset, length and
-                // protection, so nothing else is clobbered and every
-                // invariant of `as_slice` keeps holding. No slice of it can
-                // exist yet: the mapping has not been handed out.
+                // No slice of the mapping can exist yet: it has not been handed out.
+                // SAFETY: MAP_FIXED replaces exactly the range this value owns with a mapping of
+                // the same file, offset, length and protection: nothing else is clobbered.
                 unsafe {
                     mmap(
                         ptr,
@@ -248,9 +242,9 @@ fn map_huge_aligned(fd: BorrowedFd<'_>, len: usize, plan: &MapPlan) -> io::Resul
     }?;
     let start = base as usize;
     let aligned = start.next_multiple_of(HUGE_PAGE_SIZE);
-    // SAFETY: `aligned..aligned+span` lies inside the reservation made just
-    // above (`aligned - start < HUGE_PAGE_SIZE`), which nothing else uses,
-    // so MAP_FIXED replaces only our own inaccessible pages.
+    // `aligned - start < HUGE_PAGE_SIZE`, so the aligned range fits the reservation.
+    // SAFETY: `aligned..aligned+span` lies inside the reservation made just above, which nothing
+    // else uses, so MAP_FIXED replaces only our own inaccessible pages.
     let mapped = unsafe {
         mmap(
             aligned as *mut c_void,
@@ -289,9 +283,8 @@ impl Drop for Mapping {
         if self.len == 0 {
             return;
         }
-        // SAFETY: `ptr` and `len` describe exactly the mapping made in
-        // `map`, unmapped nowhere else, and `&mut self` proves that no
-        // slice borrowed from it is still alive.
+        // SAFETY: `ptr` and `len` describe exactly the mapping made in `map`, unmapped nowhere
+        // else, and `&mut self` proves that no slice borrowed from it is still alive.
         let result = unsafe { munmap(self.ptr.as_ptr().cast(), self.len) };
         // munmap of a range we mapped can only fail if that invariant broke.
         debug_assert!(result.is_ok(), "munmap failed: {result:?}");

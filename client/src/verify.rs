@@ -258,11 +258,11 @@ pub fn verify_with(
             fd,
         });
     }
-    // SAFETY: `checked_len` saw F_SEAL_WRITE, F_SEAL_GROW and F_SEAL_SHRINK
-    // set on this file. Seals can never be removed, so from then on nobody,
-    // through any descriptor or mapping, can write it or change its size;
-    // and `len` is its size as measured after those seals were in place,
-    // and at most `isize::MAX`.
+    // `checked_len` saw F_SEAL_WRITE, F_SEAL_GROW and F_SEAL_SHRINK set on this file, and seals
+    // can never be removed: from then on nobody, through any descriptor or mapping, can write it
+    // or change its size.
+    // SAFETY: so the file is immutable, and `len` is its size measured after the seals were in
+    // place, at most `isize::MAX`: exactly the contract of `Mapping::map`.
     let map = unsafe { Mapping::map(fd.as_fd(), len, &options.plan(len, false)) }
         .map_err(VerifyError::Map)?;
     Ok(Sealed {
@@ -280,9 +280,8 @@ pub(crate) fn verify_private(
     options: &MapOptions,
 ) -> Result<(Mapping, OwnedFd), VerifyError> {
     let len = checked_len(fd.as_fd(), expected_size)?;
-    // SAFETY: as in `verify_with`: the seals freeze the file and `len` is
-    // its final size. Writes through this mapping cannot reach the file:
-    // it is MAP_PRIVATE, and the file is sealed against writes anyway.
+    // Writes through this mapping cannot reach the file: it is MAP_PRIVATE, and sealed anyway.
+    // SAFETY: as in `verify_with`: the seals freeze the file and `len` is its final size.
     let map = unsafe { Mapping::map(fd.as_fd(), len, &options.plan(len, true)) }
         .map_err(VerifyError::Map)?;
     Ok((map, fd))

@@ -21,9 +21,9 @@ pub fn hash_sealed(fd: BorrowedFd<'_>, size: u64) -> io::Result<Hash> {
         return Ok(*blake3::hash(&[]).as_bytes());
     }
     let len = usize::try_from(size).map_err(|_| io::Error::from(io::ErrorKind::FileTooLarge))?;
-    // SAFETY: a fresh mapping chosen by the kernel (null hint) cannot alias
-    // any Rust object. `len` does not exceed the file size, which the seals
-    // freeze, so no page of the mapping can SIGBUS.
+    // A fresh mapping chosen by the kernel (null hint) cannot alias any Rust object.
+    // SAFETY: `len` does not exceed the file size, which the seals freeze, so no page of the
+    // mapping can SIGBUS and no byte of it can change.
     let ptr = unsafe {
         mmap(
             std::ptr::null_mut(),
@@ -37,9 +37,9 @@ pub fn hash_sealed(fd: BorrowedFd<'_>, size: u64) -> io::Result<Hash> {
     // SAFETY: `ptr..ptr+len` is the mapping made just above; advice only
     // changes read-ahead, never contents.
     let _ = unsafe { rustix::mm::madvise(ptr, len, Advice::Sequential) };
-    // SAFETY: the mapping is readable for `len` bytes and lives until the
-    // munmap below; the seals guarantee that no process can change its
-    // bytes, so a shared reference to them is sound for that whole time.
+    // The seals guarantee that no process can change these bytes.
+    // SAFETY: the mapping is readable for `len` bytes and lives until the munmap below, so a
+    // shared reference to its unchanging bytes is sound for that whole time.
     let bytes = unsafe { std::slice::from_raw_parts(ptr.cast::<u8>(), len) };
     let hash = hash_bytes(bytes);
     // SAFETY: unmaps exactly the mapping created above; `bytes` is not used
@@ -123,9 +123,9 @@ pub fn unread_bytes(socket: BorrowedFd<'_>) -> io::Result<usize> {
 /// which checked that LISTEN_PID names this process; call it once per
 /// number.
 pub fn adopt_inherited_fd(raw: RawFd) -> OwnedFd {
-    // SAFETY: the service manager opened these descriptors for this process
-    // (LISTEN_PID matched) and nothing else in the process owns them; the
-    // caller takes each number exactly once, at start-up.
+    // The caller takes each number exactly once, at start-up.
+    // SAFETY: the service manager opened these descriptors for this process (LISTEN_PID matched)
+    // and nothing else in the process owns them.
     unsafe { OwnedFd::from_raw_fd(raw) }
 }
 
@@ -138,11 +138,9 @@ pub fn adopt_inherited_fd(raw: RawFd) -> OwnedFd {
 pub fn fault_in_huge_pages(fd: BorrowedFd<'_>, len: u64) -> io::Result<()> {
     use rustix::mm::{madvise, mmap, munmap, Advice, MapFlags, ProtFlags};
     let len = usize::try_from(len).map_err(|_| io::Error::from(io::ErrorKind::FileTooLarge))?;
-    // SAFETY: a fresh mapping at an address the kernel picks (null hint)
-    // replaces and aliases nothing; it is never turned into a Rust
-    // reference, only advised and unmapped below. `len` does not exceed
-    // the file's size, and the file cannot shrink meanwhile: only this
-    // function holds it.
+    // The mapping is never turned into a Rust reference, only advised and unmapped below.
+    // SAFETY: a fresh mapping at an address the kernel picks (null hint) replaces and aliases
+    // nothing; `len` does not exceed the file's size, which cannot shrink: only we hold the file.
     let addr = unsafe {
         mmap(
             std::ptr::null_mut(),
@@ -157,9 +155,9 @@ pub fn fault_in_huge_pages(fd: BorrowedFd<'_>, len: u64) -> io::Result<()> {
     // only changes the size of the pages behind it.
     let mut advised = unsafe { madvise(addr, len, Advice::LinuxHugepage) };
     if advised.is_ok() {
-        // SAFETY: the same mapping; populating allocates its pages
-        // zero-filled, as a first write would, and the memfd is new and
-        // empty, so no byte anyone relies on changes.
+        // The memfd is new and empty, so no byte anyone relies on changes.
+        // SAFETY: the same mapping; populating allocates its pages zero-filled, as a first write
+        // would.
         advised = unsafe { madvise(addr, len, Advice::LinuxPopulateWrite) };
     }
     // SAFETY: unmaps exactly the mapping made above, which nothing else

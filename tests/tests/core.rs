@@ -64,9 +64,9 @@ fn fetched_descriptor_is_sealed_and_unwritable() {
 
     // A writable shared mapping is refused (EACCES on a read-only
     // description, EPERM on a write-sealed one).
-    // SAFETY: a fresh mapping at an address the kernel picks aliases
-    // nothing; no reference into it is ever made, and if the kernel wrongly
-    // grants it, it is unmapped at once below.
+    // No reference into the mapping is ever made; if the kernel wrongly grants it, it is unmapped
+    // at once below.
+    // SAFETY: a fresh mapping at an address the kernel picks (null hint) aliases nothing.
     let mapped = unsafe {
         rustix::mm::mmap(
             std::ptr::null_mut(),

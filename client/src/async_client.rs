@@ -77,7 +77,8 @@ struct AsyncSocket {
 impl AsyncClient {
     /// Connect with `options`: check the daemon's user, then greet it.
     pub async fn connect(options: &ConnectOptions) -> Result<AsyncClient, Error> {
-        let path = options.socket_path();
+        let choice = options.choose_socket()?;
+        let path = choice.path().to_path_buf();
         let stream = UnixStream::connect(&path)
             .await
             .map_err(|source| Error::Connect {
@@ -85,7 +86,7 @@ impl AsyncClient {
                 source,
             })?;
         // Before a single byte goes out, as in the blocking client.
-        options.check_peer(stream.as_fd())?;
+        options.check_peer(stream.as_fd(), &choice)?;
         let mut socket = AsyncSocket {
             stream,
             reader: FrameReader::new(),

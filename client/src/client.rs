@@ -9,12 +9,13 @@ use crate::private::PrivateCopy;
 use crate::protocol;
 use crate::verify::{check_sealed, file_type_name, verify_private, verify_with};
 use crate::watch::Watcher;
+use memseal_proto::paths::SocketChoice;
 use memseal_proto::{AssetInfo, Limits, PublishSource, Request, Selector, ServerStatus};
 use rustix::fs::{fstat, FileType};
 use std::fs::File;
 use std::io::{self, Read};
 use std::os::fd::{AsFd, BorrowedFd};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 /// A connection to memseald.
 ///
@@ -29,7 +30,7 @@ use std::path::{Path, PathBuf};
 #[derive(Debug)]
 pub struct Client {
     connection: Connection,
-    socket_path: PathBuf,
+    socket: SocketChoice,
     server: String,
     limits: Limits,
     /// How this client connected, so [`Client::watch`] can open a second
@@ -42,14 +43,14 @@ pub struct Client {
 impl Client {
     pub(crate) fn new(
         connection: Connection,
-        socket_path: PathBuf,
+        socket: SocketChoice,
         server: String,
         limits: Limits,
         options: ConnectOptions,
     ) -> Client {
         Client {
             connection,
-            socket_path,
+            socket,
             server,
             limits,
             options,
@@ -85,7 +86,13 @@ impl Client {
 
     /// The socket this client is connected to.
     pub fn socket_path(&self) -> &Path {
-        &self.socket_path
+        self.socket.path()
+    }
+
+    /// The socket this client is connected to, and why that one (named by
+    /// the caller, the user's own daemon, or the system service).
+    pub fn socket_choice(&self) -> &SocketChoice {
+        &self.socket
     }
 
     /// The daemon's name and version, as it announced them.

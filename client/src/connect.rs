@@ -5,7 +5,7 @@ use crate::connection::Connection;
 use crate::error::Error;
 use crate::protocol;
 use crate::watch::Watcher;
-use memseal_proto::paths::default_socket_path;
+use memseal_proto::paths::{client_socket, socket_dir_owner, SocketChoice};
 use rustix::net::sockopt::socket_peercred;
 use std::os::fd::BorrowedFd;
 use std::os::unix::net::UnixStream;
@@ -15,35 +15,49 @@ use std::time::Duration;
 /// How long one read or write on the socket may take by default.
 pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(30);
 
-/// Which user the daemon must run as.
+/// Which user the daemon must run as, given how its socket was found.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum PeerPolicy {
-    /// Root (the system service) or the caller's own effective uid (a
-    /// daemon the user started): anyone else could be an impostor serving
-    /// bytes of their choosing under trusted names.
+    /// Root (a system service) or the caller's own effective uid (a
+    /// daemon the user started), on a path the caller named: anyone else
+    /// could be an impostor serving bytes of their choosing under trusted
+    /// names.
     RootOrSelf,
-    /// Exactly this uid, for a system service running under its own user.
+    /// The caller's own uid only: on the per-user path, a daemon of any
+    /// other user (root included) is not the one the user expects to
+    /// find there.
+    OnlySelf,
+    /// The system service: root (systemd listens for it), or the owner of
+    /// the socket's directory, which only root can have created.
+    System { service_uid: Option<u32> },
+    /// Exactly this uid, as the caller asked.
     Exactly(u32),
 }
 
 impl PeerPolicy {
     fn allows(self, uid: u32) -> bool {
+        let me = rustix::process::geteuid().as_raw();
         match self {
-            PeerPolicy::RootOrSelf => uid == 0 || uid == rustix::process::geteuid().as_raw(),
+            PeerPolicy::RootOrSelf => uid == 0 || uid == me,
+            PeerPolicy::OnlySelf => uid == me,
+            PeerPolicy::System { service_uid } => uid == 0 || Some(uid) == service_uid,
             PeerPolicy::Exactly(expected) => uid == expected,
         }
     }
 
     fn describe(self) -> String {
+        let me = rustix::process::geteuid().as_raw();
         match self {
-            PeerPolicy::RootOrSelf => {
-                let me = rustix::process::geteuid().as_raw();
-                if me == 0 {
-                    "root".to_owned()
-                } else {
-                    format!("root or uid {me}")
-                }
-            }
+            PeerPolicy::RootOrSelf if me == 0 => "root".to_owned(),
+            PeerPolicy::RootOrSelf => format!("root or uid {me}"),
+            PeerPolicy::OnlySelf => format!(
+                "uid {me}, the owner of this per-user socket (ask for another uid explicitly \
+                 to trust it)"
+            ),
+            PeerPolicy::System {
+                service_uid: Some(uid),
+            } if uid != 0 => format!("root or uid {uid}, the owner of the socket's directory"),
+            PeerPolicy::System { .. } => "root".to_owned(),
             PeerPolicy::Exactly(uid) => format!("uid {uid}"),
         }
     }
@@ -64,7 +78,8 @@ impl PeerPolicy {
 pub struct ConnectOptions {
     socket: Option<PathBuf>,
     client_name: Option<String>,
-    peer: PeerPolicy,
+    /// The daemon's uid, when the caller named it.
+    server_uid: Option<u32>,
     timeout: Option<Duration>,
 }
 
@@ -75,14 +90,15 @@ impl Default for ConnectOptions {
 }
 
 impl ConnectOptions {
-    /// The defaults: the socket from [`default_socket_path`] (which honours
-    /// `MEMSEAL_SOCKET`), a daemon running as root or as the caller, and a
-    /// timeout of [`DEFAULT_TIMEOUT`].
+    /// The defaults: the socket [`client_socket`] chooses (`MEMSEAL_SOCKET`,
+    /// else the user's own daemon if one runs, else the system service),
+    /// the daemon's user checked as that choice requires, and a timeout
+    /// of [`DEFAULT_TIMEOUT`].
     pub fn new() -> Self {
         ConnectOptions {
             socket: None,
             client_name: None,
-            peer: PeerPolicy::RootOrSelf,
+            server_uid: None,
             timeout: Some(DEFAULT_TIMEOUT),
         }
     }
@@ -100,10 +116,12 @@ impl ConnectOptions {
         self
     }
 
-    /// Require the daemon to run as exactly `uid`, instead of root or the
-    /// caller's own user.
+    /// Require the daemon to run as exactly `uid`, instead of the users
+    /// the socket's choice implies (root or the caller's own user on a
+    /// named path; the caller on the per-user path; root or the socket
+    /// directory's owner on the system path).
     pub fn expect_server_uid(mut self, uid: u32) -> Self {
-        self.peer = PeerPolicy::Exactly(uid);
+        self.server_uid = Some(uid);
         self
     }
 
@@ -116,21 +134,28 @@ impl ConnectOptions {
 
     /// Connect, check the daemon's user, and perform the handshake.
     pub fn connect(&self) -> Result<Client, Error> {
-        let path = self.socket_path();
-        let stream = UnixStream::connect(&path).map_err(|source| Error::Connect {
-            path: path.clone(),
+        let choice = self.choose_socket()?;
+        let path = choice.path();
+        let stream = UnixStream::connect(path).map_err(|source| Error::Connect {
+            path: path.to_path_buf(),
             source,
         })?;
         let mut connection = Connection::new(stream, self.timeout).map_err(Error::Io)?;
 
         // Before a single byte goes out: the name we are about to fetch is
         // only as trustworthy as whoever answers.
-        self.check_peer(connection.socket())?;
+        self.check_peer(connection.socket(), &choice)?;
 
         let hello = protocol::hello(self.greeting_name());
         let (server, limits) =
             connection.exchange(|conn| protocol::welcome(conn.call_plain(&hello)))?;
-        Ok(Client::new(connection, path, server, limits, self.clone()))
+        Ok(Client::new(
+            connection,
+            choice,
+            server,
+            limits,
+            self.clone(),
+        ))
     }
 
     /// Connect and turn the connection into a watch of the names that start
@@ -139,9 +164,12 @@ impl ConnectOptions {
         self.connect()?.into_watcher(prefix)
     }
 
-    /// The socket to connect to.
-    pub(crate) fn socket_path(&self) -> PathBuf {
-        self.socket.clone().unwrap_or_else(default_socket_path)
+    /// The socket to connect to, and why that one.
+    pub(crate) fn choose_socket(&self) -> Result<SocketChoice, Error> {
+        match &self.socket {
+            Some(path) => Ok(SocketChoice::Explicit(path.clone())),
+            None => client_socket().map_err(|reason| Error::UntrustedSocket { reason }),
+        }
     }
 
     /// The client name to greet the daemon with.
@@ -149,14 +177,26 @@ impl ConnectOptions {
         self.client_name.clone().unwrap_or_else(program_name)
     }
 
-    /// Refuse a daemon that runs as a user this policy does not trust.
-    pub(crate) fn check_peer(&self, socket: BorrowedFd<'_>) -> Result<(), Error> {
+    /// Refuse a daemon that runs as a user not trusted for this socket.
+    pub(crate) fn check_peer(
+        &self,
+        socket: BorrowedFd<'_>,
+        choice: &SocketChoice,
+    ) -> Result<(), Error> {
+        let policy = match (self.server_uid, choice) {
+            (Some(uid), _) => PeerPolicy::Exactly(uid),
+            (None, SocketChoice::Explicit(_)) => PeerPolicy::RootOrSelf,
+            (None, SocketChoice::PerUser(_)) => PeerPolicy::OnlySelf,
+            (None, SocketChoice::System(path)) => PeerPolicy::System {
+                service_uid: socket_dir_owner(path),
+            },
+        };
         let peer = socket_peercred(socket).map_err(|e| Error::Io(e.into()))?;
         let uid = peer.uid.as_raw();
-        if !self.peer.allows(uid) {
+        if !policy.allows(uid) {
             return Err(Error::PeerRejected {
                 uid,
-                expected: self.peer.describe(),
+                expected: policy.describe(),
             });
         }
         Ok(())

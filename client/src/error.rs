@@ -17,6 +17,13 @@ pub enum Error {
         /// Why `connect` failed.
         source: io::Error,
     },
+    /// The default socket cannot be trusted: the per-user socket or its
+    /// directory belongs to someone else, or is writable by others.
+    /// Nothing was sent.
+    UntrustedSocket {
+        /// What is wrong, in words.
+        reason: String,
+    },
     /// The process at the other end of the socket runs as a user this client
     /// does not trust to be memseald. Nothing was sent to it.
     PeerRejected {
@@ -122,6 +129,7 @@ impl fmt::Display for Error {
                     ),
                 }
             }
+            Error::UntrustedSocket { reason } => write!(f, "{reason}"),
             Error::PeerRejected { uid, expected } => write!(
                 f,
                 "the process behind the socket runs as uid {uid}, but memseald is expected \

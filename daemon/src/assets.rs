@@ -114,10 +114,11 @@ async fn publish_one(
         std::fs::File::open(path).map_err(|e| format!("cannot open {}: {e}", path.display()))?;
     let size = file.metadata().map_err(|e| e.to_string())?.len();
     let reservation = store.reserve(size, uid, true).map_err(|e| e.to_string())?;
-    let (blob, _) = tokio::task::spawn_blocking(move || blob::from_descriptor(file.into(), size))
-        .await
-        .map_err(|e| e.to_string())?
-        .map_err(|e| format!("{}: {e}", path.display()))?;
+    let (blob, _) =
+        tokio::task::spawn_blocking(move || blob::from_descriptor(file.into(), size, uid))
+            .await
+            .map_err(|e| e.to_string())?
+            .map_err(|e| format!("{}: {e}", path.display()))?;
     let (info, published) = store.publish_if_changed(reservation, &declaration.name, blob);
     if published {
         info!(name = %info.name, version = info.version, size = info.size, "published declared asset");

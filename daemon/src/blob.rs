@@ -1,21 +1,39 @@
 //! Blobs: sealed memfds and how they are made.
 //!
 //! A [`Blob`] is the unit of storage: one memfd, sealed with WRITE, GROW,
-//! SHRINK and SEAL, read-only mode bits, and its BLAKE3 hash. Identical
-//! content published under several names or versions shares one blob.
+//! SHRINK and SEAL, mode 0444, held through a read-only open file
+//! description the daemon opened itself, and its BLAKE3 hash. Identical
+//! content shares one blob, within the limits set by [`BlobKey`].
 //!
-//! Blobs come from three sources; each ends with the memfd sealed (or found
-//! sealed) and hashed before the blob exists at all, so nothing
-//! half-written is ever visible:
+//! Blobs come from three sources; each ends with the memfd sealed and
+//! hashed before the blob exists at all, so nothing half-written is ever
+//! visible:
 //!
-//! - [`StreamIngest`]: bytes read from the client's socket, written with
-//!   `pwrite` (never through a shared writable mapping, which would make
-//!   `F_SEAL_WRITE` fail with `EBUSY`) and hashed on the way in;
-//! - [`from_descriptor`] with a regular file: copied kernel-side with
-//!   `copy_file_range`, or `sendfile` where the kernel refuses a copy
-//!   across file systems;
+//! - [`BlobWriter`]: bytes read from the client's socket, written into a
+//!   new memfd with `pwrite` (never through a shared writable mapping,
+//!   which would make `F_SEAL_WRITE` fail with `EBUSY`) and hashed on the
+//!   way in;
+//! - [`from_descriptor`] with a regular file: read with `pread` into the
+//!   same kind of writer;
 //! - [`from_descriptor`] with a memfd that already carries the WRITE, GROW
-//!   and SHRINK seals: adopted without copying.
+//!   and SHRINK seals: adopted without copying, when it can be made to
+//!   look exactly like one of the daemon's own (see `adopt`).
+//!
+//! # Descriptors a publisher controls
+//!
+//! The publisher keeps its own descriptor of whatever it sends and can
+//! change the file between any two of our system calls: shrink it, seal
+//! it, change its mode. Two rules make that harmless:
+//!
+//! 1. **State is read only after the seals that freeze it.** The size of
+//!    a descriptor counts only once `F_GET_SEALS` has shown GROW and
+//!    SHRINK; before that it is at most a hint for an early refusal.
+//! 2. **The daemon never maps a descriptor it did not create.** Every byte
+//!    of a publisher's file is read with `pread`, which reports a short
+//!    read or an error and cannot fault. A mapping could: a page past the
+//!    end of the file raises `SIGBUS`, and so can a sealed hugetlbfs memfd
+//!    whose pages the host cannot supply. The daemon reads its own memfds
+//!    with `pread` as well, so no path in the daemon maps file contents.
 //!
 //! Memfds of 2 MiB and more are prepared so that transparent huge pages can
 //! back them wherever the host allows it (see `prepare_huge_pages`):
@@ -24,7 +42,7 @@
 
 use crate::sys;
 use memseal_proto::Hash;
-use rustix::fs::{fstat, FileType, MemfdFlags, Mode, OFlags, SealFlags};
+use rustix::fs::{fstat, FileType, MemfdFlags, Mode, OFlags, SealFlags, Stat};
 use rustix::io::Errno;
 use std::fmt;
 use std::io;
@@ -37,17 +55,42 @@ pub const IMMUTABLE: SealFlags = SealFlags::WRITE
     .union(SealFlags::GROW)
     .union(SealFlags::SHRINK);
 
-/// What the daemon applies to its own memfds: [`IMMUTABLE`] plus `SEAL`, so
-/// no one can add or change seals afterwards.
-const DAEMON_SEALS: SealFlags = IMMUTABLE.union(SealFlags::SEAL);
+/// What every blob carries: [`IMMUTABLE`] plus `SEAL`, so no one can add
+/// or change seals afterwards.
+pub const BLOB_SEALS: SealFlags = IMMUTABLE.union(SealFlags::SEAL);
+
+/// The mode of every blob's inode when it is published: readable by all,
+/// writable and executable by nobody.
+pub const BLOB_MODE: u32 = 0o444;
+
+/// `f_type` of shmem file systems (tmpfs, and the internal mount memfds
+/// live on). Only these are adopted: their pages are ordinary memory.
+const TMPFS_MAGIC: i64 = 0x0102_1994;
+
+/// Which blobs may stand in for each other.
+///
+/// Two blobs are interchangeable when they hold the same bytes *and* the
+/// same user owns their inode. The owner matters because it is the one
+/// user who can still change the inode after the seals: its mode (whether
+/// readers can reopen it through `/proc`), and whose memory cgroup pays
+/// for it. Content a user adopted therefore never stands in for another
+/// user's publish, while the daemon's own memfds (owned by the daemon's
+/// uid) can stand in for anybody's.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct BlobKey {
+    pub hash: Hash,
+    /// The uid that owns the memfd's inode.
+    pub owner: u32,
+}
 
 /// One sealed memfd and what the daemon knows about it.
 #[derive(Debug)]
 pub struct Blob {
-    /// A read-only descriptor; this is what clients receive.
+    /// A read-only open file description the daemon opened itself; this is
+    /// what clients receive. Never a description a publisher sent.
     fd: OwnedFd,
     size: u64,
-    hash: Hash,
+    key: BlobKey,
 }
 
 impl Blob {
@@ -60,34 +103,59 @@ impl Blob {
     }
 
     pub fn hash(&self) -> &Hash {
-        &self.hash
+        &self.key.hash
+    }
+
+    pub fn key(&self) -> BlobKey {
+        self.key
+    }
+
+    /// Does the memfd still carry its seals and its size? Always true for
+    /// a blob built here (seals cannot be removed, and a sealed size
+    /// cannot change); checked anyway before a blob is shared with a new
+    /// publish, because sharing is where a wrong blob would spread.
+    pub fn intact(&self) -> bool {
+        let sealed = rustix::fs::fcntl_get_seals(&self.fd).is_ok_and(|s| s.contains(BLOB_SEALS));
+        sealed && fstat(&self.fd).is_ok_and(|st| st.st_size as u64 == self.size)
+    }
+
+    /// The same bytes in a new memfd of the daemon's own: for content that
+    /// must no longer depend on an inode a user owns.
+    pub fn copy_owned(&self) -> Result<Blob, IngestError> {
+        copy(self.fd(), self.size)
     }
 
     /// Rebuild a blob from a descriptor the daemon handed to someone else
-    /// earlier (the service manager's fd store): re-check the seals, the
-    /// size and the hash, and refuse anything that does not match.
-    pub fn reverify(fd: OwnedFd, size: u64, hash: &Hash) -> Result<Blob, IngestError> {
-        check_regular(&fd)?;
-        let seals = rustix::fs::fcntl_get_seals(&fd).map_err(|_| IngestError::NotSealed)?;
-        if !seals.contains(IMMUTABLE) {
+    /// earlier (the service manager's fd store): re-check everything a new
+    /// blob must satisfy, the owner and the hash, and refuse anything that
+    /// does not match.
+    pub fn reverify(fd: OwnedFd, size: u64, key: BlobKey) -> Result<Blob, IngestError> {
+        let stat = check_regular(&fd)?;
+        if !on_shmem(&fd) {
             return Err(IngestError::NotSealed);
         }
-        let actual = file_size(&fd)?;
+        let seals = rustix::fs::fcntl_get_seals(&fd).map_err(|_| IngestError::NotSealed)?;
+        if !seals.contains(BLOB_SEALS) {
+            return Err(IngestError::NotSealed);
+        }
+        // The seals are in place: the size read now is final.
+        let actual = fstat(&fd)?.st_size as u64;
         if actual != size {
             return Err(IngestError::SizeMismatch {
                 declared: size,
                 actual,
             });
         }
-        let actual_hash = sys::hash_sealed(fd.as_fd(), size)?;
-        if &actual_hash != hash {
+        if stat.st_uid != key.owner {
+            return Err(IngestError::OwnerMismatch {
+                recorded: key.owner,
+                actual: stat.st_uid,
+            });
+        }
+        if hash_file(fd.as_fd(), size)? != key.hash {
             return Err(IngestError::HashMismatch);
         }
-        Ok(Blob {
-            fd,
-            size,
-            hash: actual_hash,
-        })
+        Ok(Blob { fd, size, key })
     }
 }
 
@@ -100,10 +168,12 @@ pub enum IngestError {
     SizeMismatch { declared: u64, actual: u64 },
     /// The descriptor cannot be read (opened write-only, for example).
     Unreadable(io::Error),
-    /// A stored descriptor lacks the immutability seals.
+    /// A stored descriptor lacks the seals every blob carries.
     NotSealed,
     /// A stored descriptor's content no longer matches its recorded hash.
     HashMismatch,
+    /// A stored descriptor's inode belongs to another user than recorded.
+    OwnerMismatch { recorded: u32, actual: u32 },
     /// The daemon failed to create, fill or seal its memfd.
     Io(io::Error),
 }
@@ -116,11 +186,19 @@ impl fmt::Display for IngestError {
             }
             IngestError::SizeMismatch { declared, actual } => write!(
                 f,
-                "declared size {declared} does not match the descriptor's size {actual}"
+                "the publish declared {declared} bytes but the descriptor holds {actual}"
             ),
             IngestError::Unreadable(e) => write!(f, "the descriptor cannot be read: {e}"),
-            IngestError::NotSealed => write!(f, "the descriptor is not sealed against writes"),
+            IngestError::NotSealed => write!(
+                f,
+                "the descriptor is not sealed (it must be a memfd sealed against writing, \
+                 growing and shrinking)"
+            ),
             IngestError::HashMismatch => write!(f, "the content does not match its recorded hash"),
+            IngestError::OwnerMismatch { recorded, actual } => write!(
+                f,
+                "the memfd belongs to uid {actual}, but uid {recorded} was recorded"
+            ),
             IngestError::Io(e) => write!(f, "{e}"),
         }
     }
@@ -138,16 +216,23 @@ impl From<Errno> for IngestError {
     }
 }
 
-fn check_regular(fd: &impl AsFd) -> Result<(), IngestError> {
+fn check_regular(fd: &impl AsFd) -> Result<Stat, IngestError> {
     let stat = fstat(fd)?;
     if FileType::from_raw_mode(stat.st_mode) != FileType::RegularFile {
         return Err(IngestError::NotRegular);
     }
-    Ok(())
+    Ok(stat)
 }
 
-fn file_size(fd: &impl AsFd) -> Result<u64, IngestError> {
-    Ok(fstat(fd)?.st_size as u64)
+fn on_shmem(fd: &impl AsFd) -> bool {
+    // `f_type` is i64 on x86-64 but narrower on other targets.
+    #[allow(clippy::unnecessary_cast)]
+    rustix::fs::fstatfs(fd).is_ok_and(|fs| fs.f_type as i64 == TMPFS_MAGIC)
+}
+
+/// The uid that owns the memfds this process creates.
+fn daemon_uid() -> u32 {
+    rustix::process::geteuid().as_raw()
 }
 
 /// A new, empty, sealable memfd. `MFD_NOEXEC_SEAL` keeps it from ever being
@@ -196,7 +281,9 @@ const SHMEM_ENABLED: &str = "/sys/kernel/mm/transparent_hugepage/shmem_enabled";
 ///   `write`. So fault the whole 2 MiB blocks in through such a mapping
 ///   now, and unmap it before anything else happens: `F_SEAL_WRITE` fails
 ///   with `EBUSY` while a shared writable mapping exists. The later
-///   `pwrite`s then fill pages that are already huge.
+///   `pwrite`s then fill pages that are already huge. The mapping is of a
+///   memfd this process just created and nobody else holds, so it cannot
+///   fault past the end.
 /// - `never`, `deny`: no huge pages. Said once in the logs, with the fix.
 ///
 /// Huge pages are an optimisation: any failure here leaves small pages and
@@ -241,11 +328,13 @@ fn prepare_huge_pages(fd: &OwnedFd, size: u64) {
 /// file description, so even the access mode of what clients get is
 /// read-only; the writable descriptor is closed on return.
 fn seal(fd: OwnedFd) -> io::Result<OwnedFd> {
-    rustix::fs::fchmod(&fd, Mode::from_raw_mode(0o444))?;
-    rustix::fs::fcntl_add_seals(&fd, DAEMON_SEALS)?;
+    rustix::fs::fchmod(&fd, Mode::from_raw_mode(BLOB_MODE))?;
+    rustix::fs::fcntl_add_seals(&fd, BLOB_SEALS)?;
     reopen_read_only(&fd)
 }
 
+/// A new open file description of the same inode, read-only, opened by
+/// this process with its own credentials (so the inode's mode decides).
 fn reopen_read_only(fd: &OwnedFd) -> io::Result<OwnedFd> {
     let path = format!("/proc/self/fd/{}", fd.as_raw_fd());
     Ok(rustix::fs::open(
@@ -255,19 +344,78 @@ fn reopen_read_only(fd: &OwnedFd) -> io::Result<OwnedFd> {
     )?)
 }
 
-/// Receives the bytes of a streamed publish into a fresh memfd.
-pub struct StreamIngest {
+/// Bytes read or hashed at a time: large enough for the multi-threaded
+/// hash to pay off, small enough to stay in the caches.
+const CHUNK: usize = 4 << 20;
+
+/// Read up to `buf.len()` bytes at `offset`, retrying interrupted reads.
+/// Fewer bytes means the file ended.
+fn pread_full(fd: BorrowedFd<'_>, buf: &mut [u8], offset: u64) -> io::Result<usize> {
+    let mut filled = 0;
+    while filled < buf.len() {
+        match rustix::io::pread(fd, &mut buf[filled..], offset + filled as u64) {
+            Ok(0) => break,
+            Ok(n) => filled += n,
+            Err(Errno::INTR) => {}
+            Err(e) => return Err(e.into()),
+        }
+    }
+    Ok(filled)
+}
+
+/// Inputs at least this long are hashed on every CPU (rayon). Below it,
+/// handing work to other threads costs more than it saves.
+const PARALLEL_HASH_MIN: usize = 1 << 20;
+
+/// Feed `bytes` to `hasher`, multi-threaded above the size where threads
+/// pay off. Every publish ends in this hash, and adopting a sealed memfd
+/// is little but this hash, so it sets the daemon's publish rate.
+fn hash_update(hasher: &mut blake3::Hasher, bytes: &[u8]) {
+    if bytes.len() >= PARALLEL_HASH_MIN {
+        hasher.update_rayon(bytes);
+    } else {
+        hasher.update(bytes);
+    }
+}
+
+/// BLAKE3 of the first `size` bytes of `fd`, read with `pread` (never
+/// mapped: see the module documentation). Fails if the file is shorter.
+pub fn hash_file(fd: BorrowedFd<'_>, size: u64) -> io::Result<Hash> {
+    let mut hasher = blake3::Hasher::new();
+    let mut buffer = vec![0u8; (size as usize).clamp(1, CHUNK)];
+    let mut offset = 0u64;
+    while offset < size {
+        let want = ((size - offset) as usize).min(buffer.len());
+        let got = pread_full(fd, &mut buffer[..want], offset)?;
+        if got < want {
+            return Err(io::Error::new(
+                io::ErrorKind::UnexpectedEof,
+                format!(
+                    "the file ended after {} of {size} bytes",
+                    offset + got as u64
+                ),
+            ));
+        }
+        hash_update(&mut hasher, &buffer[..got]);
+        offset += got as u64;
+    }
+    Ok(*hasher.finalize().as_bytes())
+}
+
+/// Writes the bytes of a new blob into a fresh memfd, hashing them on the
+/// way in. Dropped before [`BlobWriter::finish`], it leaves nothing behind.
+pub struct BlobWriter {
     fd: OwnedFd,
     size: u64,
     written: u64,
     hasher: blake3::Hasher,
 }
 
-impl StreamIngest {
+impl BlobWriter {
     /// Create the memfd for `size` bytes. The caller has already reserved
     /// `size` bytes of budget.
-    pub fn new(size: u64) -> io::Result<StreamIngest> {
-        Ok(StreamIngest {
+    pub fn new(size: u64) -> io::Result<BlobWriter> {
+        Ok(BlobWriter {
             fd: create_memfd(size)?,
             size,
             written: 0,
@@ -280,15 +428,20 @@ impl StreamIngest {
         self.size - self.written
     }
 
-    /// Append bytes received from the client. The caller never passes more
-    /// than [`StreamIngest::remaining`].
+    /// Append bytes. The caller never passes more than
+    /// [`BlobWriter::remaining`].
     pub fn write(&mut self, mut bytes: &[u8]) -> io::Result<()> {
         debug_assert!(bytes.len() as u64 <= self.remaining());
-        self.hasher.update(bytes);
+        hash_update(&mut self.hasher, bytes);
         while !bytes.is_empty() {
-            let n = rustix::io::pwrite(&self.fd, bytes, self.written)?;
-            self.written += n as u64;
-            bytes = &bytes[n..];
+            match rustix::io::pwrite(&self.fd, bytes, self.written) {
+                Ok(n) => {
+                    self.written += n as u64;
+                    bytes = &bytes[n..];
+                }
+                Err(Errno::INTR) => {}
+                Err(e) => return Err(e.into()),
+            }
         }
         Ok(())
     }
@@ -299,7 +452,10 @@ impl StreamIngest {
         Ok(Blob {
             fd: seal(self.fd)?,
             size: self.size,
-            hash: *self.hasher.finalize().as_bytes(),
+            key: BlobKey {
+                hash: *self.hasher.finalize().as_bytes(),
+                owner: daemon_uid(),
+            },
         })
     }
 }
@@ -309,90 +465,133 @@ impl StreamIngest {
 pub enum Ingested {
     /// A sealed memfd was adopted as is.
     Adopted,
-    /// A file was copied kernel-side into a new memfd.
-    Copied,
+    /// The bytes were copied into a new memfd: a regular file, or a sealed
+    /// memfd that could not be adopted (the reason is given).
+    Copied(Option<&'static str>),
 }
 
-/// Make a blob from a descriptor a client sent. Blocking: run it off the
-/// async executor.
-pub fn from_descriptor(source: OwnedFd, declared: u64) -> Result<(Blob, Ingested), IngestError> {
+/// Make a blob from a descriptor a client running as `publisher` sent.
+/// Blocking (it reads the whole file): run it off the async executor.
+pub fn from_descriptor(
+    source: OwnedFd,
+    declared: u64,
+    publisher: u32,
+) -> Result<(Blob, Ingested), IngestError> {
     check_regular(&source)?;
-    let actual = file_size(&source)?;
-    if actual != declared {
-        return Err(IngestError::SizeMismatch { declared, actual });
-    }
     let access = rustix::fs::fcntl_getfl(&source)? & OFlags::ACCMODE;
     if access == OFlags::WRONLY {
-        return Err(IngestError::Unreadable(io::Error::from_raw_os_error(
-            libc::EBADF,
-        )));
+        return Err(IngestError::Unreadable(Errno::BADF.into()));
     }
-    let sealed = matches!(rustix::fs::fcntl_get_seals(&source), Ok(s) if s.contains(IMMUTABLE));
-    if sealed {
-        return Ok((adopt(source, declared)?, Ingested::Adopted));
+    let frozen = rustix::fs::fcntl_get_seals(&source).is_ok_and(|s| s.contains(IMMUTABLE));
+    // Rule 1: until the seals are seen, the size is only a hint.
+    let size = fstat(&source)?.st_size as u64;
+    if size != declared {
+        return Err(IngestError::SizeMismatch {
+            declared,
+            actual: size,
+        });
     }
-    Ok((copy(&source, declared)?, Ingested::Copied))
+    if !frozen {
+        return Ok((copy(source.as_fd(), declared)?, Ingested::Copied(None)));
+    }
+    match adopt(&source, declared, publisher)? {
+        Ok(blob) => Ok((blob, Ingested::Adopted)),
+        Err(why) => Ok((copy(source.as_fd(), declared)?, Ingested::Copied(Some(why)))),
+    }
 }
 
-/// Adopt a memfd that is already immutable. Its bytes cannot change, so the
-/// daemon hashes them in place. It tries to tighten the mode and hand out a
-/// read-only description; when the publisher owns the inode and the daemon
-/// is unprivileged those steps may be refused, which is harmless because
-/// the seals already forbid every write.
-fn adopt(source: OwnedFd, size: u64) -> Result<Blob, IngestError> {
-    let hash = sys::hash_sealed(source.as_fd(), size)?;
-    let _ = rustix::fs::fchmod(&source, Mode::from_raw_mode(0o444));
-    let _ = rustix::fs::fcntl_add_seals(&source, SealFlags::SEAL);
-    let fd = reopen_read_only(&source).unwrap_or(source);
-    Ok(Blob { fd, size, hash })
+/// Adopt a memfd whose seals already freeze it, if it can be made
+/// indistinguishable from one of the daemon's own: on shmem, owned by the
+/// publisher (or the daemon), mode 0444, all four seals, held through a
+/// read-only description the daemon opens itself. The inner error says why
+/// not; the caller then copies it.
+///
+/// The owner rule keeps every version on an inode of its own publisher or
+/// of the daemon: a memfd a user received from someone else (another user,
+/// a daemon) is copied, so no user's asset rests on an inode another user
+/// could change the mode of.
+///
+/// The daemon tightens the mode and adds `SEAL` where it may (it runs as
+/// root, or owns the inode, and the publisher sent a writable
+/// description); a publisher that wants zero-copy adoption by an
+/// unprivileged daemon sets mode 0444 and all four seals itself.
+fn adopt(
+    source: &OwnedFd,
+    declared: u64,
+    publisher: u32,
+) -> Result<Result<Blob, &'static str>, IngestError> {
+    if !on_shmem(source) {
+        return Ok(Err("not a shmem memfd"));
+    }
+    let owner = fstat(source)?.st_uid;
+    if owner != publisher && owner != daemon_uid() {
+        return Ok(Err("owned by another user than the publisher"));
+    }
+    // Rule 1: GROW and SHRINK are in place, so this size is final.
+    let size = fstat(source)?.st_size as u64;
+    if size != declared {
+        return Err(IngestError::SizeMismatch {
+            declared,
+            actual: size,
+        });
+    }
+    let _ = rustix::fs::fchmod(source, Mode::from_raw_mode(BLOB_MODE));
+    let _ = rustix::fs::fcntl_add_seals(source, SealFlags::SEAL);
+    // From here on the publisher's description is never used again: it may
+    // be writable, or carry the publisher's flags and file offset.
+    let Ok(fd) = reopen_read_only(source) else {
+        return Ok(Err("the daemon may not open it (mode)"));
+    };
+    // Read what the daemon's own description sees, after every change the
+    // daemon made. The owner could still change the mode later; that only
+    // decides whether readers of the owner's own names can reopen it.
+    let stat = fstat(&fd)?;
+    if stat.st_uid != owner {
+        return Ok(Err("its owner changed"));
+    }
+    if stat.st_mode & 0o7777 != BLOB_MODE {
+        return Ok(Err("its mode is not 0444"));
+    }
+    let seals = rustix::fs::fcntl_get_seals(&fd)?;
+    if !seals.contains(BLOB_SEALS) {
+        return Ok(Err("F_SEAL_SEAL is missing"));
+    }
+    let hash = hash_file(fd.as_fd(), size)?;
+    Ok(Ok(Blob {
+        fd,
+        size,
+        key: BlobKey {
+            hash,
+            owner: stat.st_uid,
+        },
+    }))
 }
 
-/// Copy a regular file into a new sealed memfd without a userspace copy.
-fn copy(source: &OwnedFd, size: u64) -> Result<Blob, IngestError> {
-    let target = create_memfd(size)?;
-    let mut copied = 0u64;
-    let mut use_sendfile = false;
-    while copied < size {
-        let want = (size - copied).min(1 << 30) as usize;
-        let mut in_off = copied;
-        let mut out_off = copied;
-        let step = if use_sendfile {
-            // sendfile writes at the target's file offset, which starts at
-            // zero and only moves with these calls.
-            rustix::fs::sendfile(&target, source, Some(&mut in_off), want)
-        } else {
-            rustix::fs::copy_file_range(
-                source,
-                Some(&mut in_off),
-                &target,
-                Some(&mut out_off),
-                want,
-            )
-        };
-        match step {
-            Ok(0) => {
-                // The file shrank while we copied it.
-                return Err(IngestError::SizeMismatch {
-                    declared: size,
-                    actual: copied,
-                });
-            }
-            Ok(n) => copied += n as u64,
-            Err(Errno::XDEV | Errno::INVAL | Errno::NOSYS | Errno::OPNOTSUPP)
-                if !use_sendfile && copied == 0 =>
-            {
-                use_sendfile = true;
-            }
-            Err(Errno::INTR) => {}
-            Err(Errno::BADF) => {
-                return Err(IngestError::Unreadable(Errno::BADF.into()));
+/// Copy `size` bytes of a file into a new sealed memfd, hashing them on
+/// the way. A file that turns out shorter is refused.
+fn copy(source: BorrowedFd<'_>, size: u64) -> Result<Blob, IngestError> {
+    let mut writer = BlobWriter::new(size)?;
+    let mut buffer = vec![0u8; (size as usize).clamp(1, CHUNK)];
+    while writer.remaining() > 0 {
+        let offset = size - writer.remaining();
+        let want = (writer.remaining() as usize).min(buffer.len());
+        let got = match pread_full(source, &mut buffer[..want], offset) {
+            Ok(got) => got,
+            Err(e) if e.raw_os_error() == Some(libc::EBADF) => {
+                return Err(IngestError::Unreadable(e));
             }
             Err(e) => return Err(e.into()),
+        };
+        if got < want {
+            // The file shrank while we read it.
+            return Err(IngestError::SizeMismatch {
+                declared: size,
+                actual: offset + got as u64,
+            });
         }
+        writer.write(&buffer[..got])?;
     }
-    let fd = seal(target)?;
-    let hash = sys::hash_sealed(fd.as_fd(), size)?;
-    Ok(Blob { fd, size, hash })
+    Ok(writer.finish()?)
 }
 
 #[cfg(test)]
@@ -404,39 +603,78 @@ mod tests {
         rustix::fs::fcntl_get_seals(fd).unwrap()
     }
 
+    fn sealed_memfd(bytes: &[u8], seals: SealFlags, mode: u32) -> OwnedFd {
+        let memfd = rustix::fs::memfd_create("t", MemfdFlags::ALLOW_SEALING).unwrap();
+        rustix::io::write(&memfd, bytes).unwrap();
+        rustix::fs::fchmod(&memfd, Mode::from_raw_mode(mode)).unwrap();
+        rustix::fs::fcntl_add_seals(&memfd, seals).unwrap();
+        memfd
+    }
+
     #[test]
-    fn stream_ingest_seals_and_hashes() {
+    fn written_blobs_are_sealed_read_only_and_hashed() {
         let data: Vec<u8> = (0..100_000u32).map(|i| (i % 251) as u8).collect();
-        let mut ingest = StreamIngest::new(data.len() as u64).unwrap();
+        let mut writer = BlobWriter::new(data.len() as u64).unwrap();
         for chunk in data.chunks(7_000) {
-            ingest.write(chunk).unwrap();
+            writer.write(chunk).unwrap();
         }
-        let blob = ingest.finish().unwrap();
+        let blob = writer.finish().unwrap();
         assert_eq!(blob.hash(), blake3::hash(&data).as_bytes());
-        assert!(seals_of(blob.fd()).contains(DAEMON_SEALS));
+        assert!(seals_of(blob.fd()).contains(BLOB_SEALS));
         let flags = rustix::fs::fcntl_getfl(blob.fd()).unwrap();
         assert_eq!(flags & OFlags::ACCMODE, OFlags::RDONLY);
-        assert_eq!(fstat(blob.fd()).unwrap().st_mode & 0o777, 0o444);
-        assert_eq!(
-            sys::hash_sealed(blob.fd(), blob.size()).unwrap(),
-            *blob.hash()
-        );
+        assert_eq!(fstat(blob.fd()).unwrap().st_mode & 0o777, BLOB_MODE);
+        assert_eq!(hash_file(blob.fd(), blob.size()).unwrap(), *blob.hash());
+        assert_eq!(blob.key().owner, daemon_uid());
+        assert!(blob.intact());
     }
 
     #[test]
     fn file_is_copied_and_sealed_memfd_is_adopted() {
         let mut file = tempfile();
         file.write_all(b"hello, sealed world").unwrap();
-        let (blob, how) = from_descriptor(file.into(), 19).unwrap();
-        assert_eq!(how, Ingested::Copied);
+        let (blob, how) = from_descriptor(file.into(), 19, daemon_uid()).unwrap();
+        assert_eq!(how, Ingested::Copied(None));
         assert_eq!(blob.hash(), blake3::hash(b"hello, sealed world").as_bytes());
 
-        let memfd = rustix::fs::memfd_create("t", MemfdFlags::ALLOW_SEALING).unwrap();
-        rustix::io::write(&memfd, b"adopt me").unwrap();
-        rustix::fs::fcntl_add_seals(&memfd, IMMUTABLE).unwrap();
-        let (blob, how) = from_descriptor(memfd, 8).unwrap();
+        let memfd = sealed_memfd(b"adopt me", IMMUTABLE, 0o644);
+        let (blob, how) = from_descriptor(memfd, 8, daemon_uid()).unwrap();
         assert_eq!(how, Ingested::Adopted);
         assert_eq!(blob.hash(), blake3::hash(b"adopt me").as_bytes());
+        // The daemon made it look like its own.
+        assert!(seals_of(blob.fd()).contains(BLOB_SEALS));
+        assert_eq!(fstat(blob.fd()).unwrap().st_mode & 0o7777, BLOB_MODE);
+    }
+
+    #[test]
+    fn an_adopted_blob_is_a_new_read_only_description() {
+        let memfd = sealed_memfd(b"flags", BLOB_SEALS, 0o444);
+        rustix::fs::fcntl_setfl(&memfd, OFlags::APPEND | OFlags::NONBLOCK).unwrap();
+        rustix::fs::seek(&memfd, rustix::fs::SeekFrom::Start(3)).unwrap();
+        let kept = rustix::io::dup(&memfd).unwrap();
+        let (blob, how) = from_descriptor(memfd, 5, daemon_uid()).unwrap();
+        assert_eq!(how, Ingested::Adopted);
+        let flags = rustix::fs::fcntl_getfl(blob.fd()).unwrap();
+        assert_eq!(flags & OFlags::ACCMODE, OFlags::RDONLY);
+        assert!(!flags.contains(OFlags::APPEND) && !flags.contains(OFlags::NONBLOCK));
+        // The publisher's offset did not travel with it.
+        assert_eq!(rustix::fs::tell(blob.fd()).unwrap(), 0);
+        assert_eq!(rustix::fs::tell(&kept).unwrap(), 3);
+    }
+
+    #[test]
+    fn a_memfd_that_cannot_be_made_like_ours_is_copied() {
+        // Sealed without SEAL and sent read-only: the daemon cannot add it.
+        let memfd = sealed_memfd(b"copy me", IMMUTABLE, 0o444);
+        let read_only = reopen_read_only(&memfd).unwrap();
+        let (blob, how) = from_descriptor(read_only, 7, daemon_uid()).unwrap();
+        assert!(matches!(how, Ingested::Copied(Some(_))), "{how:?}");
+        assert_eq!(blob.key().owner, daemon_uid());
+        assert!(seals_of(blob.fd()).contains(BLOB_SEALS));
+        assert_ne!(
+            fstat(blob.fd()).unwrap().st_ino,
+            fstat(&memfd).unwrap().st_ino
+        );
     }
 
     #[test]
@@ -444,7 +682,7 @@ mod tests {
         let mut file = tempfile();
         file.write_all(b"abc").unwrap();
         assert!(matches!(
-            from_descriptor(file.into(), 4),
+            from_descriptor(file.into(), 4, daemon_uid()),
             Err(IngestError::SizeMismatch {
                 declared: 4,
                 actual: 3
@@ -452,28 +690,60 @@ mod tests {
         ));
         let (read_end, _write_end) = rustix::pipe::pipe().unwrap();
         assert!(matches!(
-            from_descriptor(read_end, 0),
+            from_descriptor(read_end, 0, daemon_uid()),
             Err(IngestError::NotRegular)
+        ));
+        // A sealed memfd whose size is not the declared one.
+        let memfd = sealed_memfd(b"short", BLOB_SEALS, 0o444);
+        assert!(matches!(
+            from_descriptor(memfd, 4096, daemon_uid()),
+            Err(IngestError::SizeMismatch {
+                declared: 4096,
+                actual: 5
+            })
         ));
     }
 
     #[test]
-    fn reverify_refuses_unsealed_and_altered() {
+    fn hashing_a_short_file_fails_instead_of_reading_past_its_end() {
+        let memfd = sealed_memfd(b"tiny", BLOB_SEALS, 0o444);
+        let err = hash_file(memfd.as_fd(), 1 << 20).unwrap_err();
+        assert_eq!(err.kind(), io::ErrorKind::UnexpectedEof);
+    }
+
+    #[test]
+    fn reverify_refuses_unsealed_altered_and_foreign() {
         let memfd = rustix::fs::memfd_create("t", MemfdFlags::ALLOW_SEALING).unwrap();
         rustix::io::write(&memfd, b"x").unwrap();
-        let hash = *blake3::hash(b"x").as_bytes();
+        let key = BlobKey {
+            hash: *blake3::hash(b"x").as_bytes(),
+            owner: daemon_uid(),
+        };
         let copy = rustix::io::dup(&memfd).unwrap();
         assert!(matches!(
-            Blob::reverify(copy, 1, &hash),
+            Blob::reverify(copy, 1, key),
             Err(IngestError::NotSealed)
         ));
-        rustix::fs::fcntl_add_seals(&memfd, IMMUTABLE).unwrap();
+        rustix::fs::fcntl_add_seals(&memfd, BLOB_SEALS).unwrap();
         let copy = rustix::io::dup(&memfd).unwrap();
+        let wrong = BlobKey {
+            hash: [0; 32],
+            ..key
+        };
         assert!(matches!(
-            Blob::reverify(copy, 1, &[0; 32]),
+            Blob::reverify(copy, 1, wrong),
             Err(IngestError::HashMismatch)
         ));
-        assert!(Blob::reverify(memfd, 1, &hash).is_ok());
+        let copy = rustix::io::dup(&memfd).unwrap();
+        let other = BlobKey {
+            owner: key.owner + 1,
+            ..key
+        };
+        assert!(matches!(
+            Blob::reverify(copy, 1, other),
+            Err(IngestError::OwnerMismatch { .. })
+        ));
+        assert!(Blob::reverify(memfd, 1, key).is_ok());
     }
 
     #[test]
@@ -482,11 +752,11 @@ mod tests {
         // sealing, so F_SEAL_WRITE does not fail with EBUSY.
         let size = 3 * HUGE_PAGE + 5;
         let data: Vec<u8> = (0..size).map(|i| (i % 253) as u8).collect();
-        let mut ingest = StreamIngest::new(size).unwrap();
-        ingest.write(&data).unwrap();
-        let blob = ingest.finish().unwrap();
+        let mut writer = BlobWriter::new(size).unwrap();
+        writer.write(&data).unwrap();
+        let blob = writer.finish().unwrap();
         assert_eq!(blob.hash(), blake3::hash(&data).as_bytes());
-        assert!(seals_of(blob.fd()).contains(DAEMON_SEALS));
+        assert!(seals_of(blob.fd()).contains(BLOB_SEALS));
     }
 
     fn tempfile() -> std::fs::File {

@@ -1,20 +1,41 @@
 //! The catalog: which names exist, their versions, and the blobs behind
-//! them, with the byte budget that bounds it all.
+//! them, with the budgets that bound it all.
 //!
-//! The catalog is plain data behind one mutex (see [`crate::store`]); no
-//! method blocks or does I/O, so holding the lock is always brief.
+//! The catalog is plain data behind one mutex (see [`crate::store`]). No
+//! method blocks or does I/O, and none takes time that grows with the size
+//! of the catalog, except on a path no client can trigger (a blob found
+//! broken, see [`Catalog::publish`]): every lookup is a map access, a
+//! listing is one bounded page, and the totals are kept as counters. So
+//! however large the catalog, holding the lock is always brief.
 //!
-//! Accounting works on distinct content: a blob shared by several names or
+//! # Versions without tombstones
+//!
+//! A name exists while it has a kept version. When its last version goes,
+//! the name is forgotten entirely, and the highest number it reached is
+//! folded into one slot of a fixed table
+//! ([`memseal_proto::persisted::FORGOTTEN_SLOTS`] numbers): a name that
+//! appears (again, or for the first time) starts above its slot's number.
+//! So a version number is never reused for a name, most new names still
+//! start at 1, and a removed name costs nothing, whatever sequence of
+//! publishes and removes a client sends.
+//!
+//! # Accounting
+//!
+//! Budgets count distinct content: a blob shared by several names or
 //! versions is counted once, and its bytes are released when the last
 //! version that refers to it goes away (clients that still hold its
-//! descriptor keep the memory alive, which the kernel charges to the daemon
-//! regardless; budgets can only be honest about what the catalog holds).
-//! Space is reserved *before* a memfd is created, so a publish that would
-//! exceed the budget is refused without allocating anything, and nothing
-//! is ever evicted to make room.
+//! descriptor keep the memory alive, which the kernel charges to its
+//! writer regardless; budgets can only be honest about what the catalog
+//! holds). Space is reserved *before* a memfd is created, so a publish
+//! that would exceed a budget is refused without allocating anything, and
+//! nothing is ever evicted to make room. Publishers may use every budget
+//! to its end; everyone else together only up to the share left after
+//! [`Budget::publisher_reserve_percent`], so no number of other users can
+//! lock the publishers out.
 
-use crate::blob::Blob;
-use memseal_proto::{AssetInfo, ErrorCode, Hash, Selector};
+use crate::blob::{Blob, BlobKey};
+use memseal_proto::persisted::{forgotten_slot, FORGOTTEN_SLOTS};
+use memseal_proto::{AssetInfo, ErrorCode, Selector, SnapshotName, StoredVersion};
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::fmt;
 use std::ops::Bound;
@@ -30,21 +51,37 @@ pub struct Budget {
     /// Versions kept per name; older ones drop out as new ones arrive.
     pub keep_versions: usize,
     /// Bytes of kept versions one uid may have published (each version
-    /// counted at its full size), unless exempt.
+    /// counted at its full size), unless it is a publisher.
     pub max_bytes_per_uid: u64,
-    /// Kept versions one uid may have published, unless exempt.
+    /// Kept versions one uid may have published, unless a publisher.
     pub max_assets_per_uid: u64,
     /// Distinct blobs (memfds) held at most. Each one also takes a slot
     /// in the service manager's fd store, which is bounded.
     pub max_blobs: u64,
+    /// Kept versions over all names: what bounds the catalog's memory and
+    /// the size of its persisted snapshot.
+    pub max_versions: u64,
+    /// The part of `max_total_bytes`, `max_blobs` and `max_versions` (and
+    /// of the connection limit) that users who are not publishers cannot
+    /// take, in percent.
+    pub publisher_reserve_percent: u8,
+}
+
+impl Budget {
+    /// What all non-publishers together may fill of `limit`.
+    pub fn users_share(&self, limit: u64) -> u64 {
+        let reserve = u128::from(limit) * u128::from(self.publisher_reserve_percent.min(100)) / 100;
+        limit - reserve as u64
+    }
 }
 
 /// Budget promised to one publish in progress.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Claim {
     pub size: u64,
-    /// The publisher, or None when it is exempt from per-uid limits
-    /// (root and the daemon's own uid).
+    /// The publisher's uid, or None for a publisher (root, the daemon's
+    /// uid, the configured publisher users and groups), which is held to
+    /// the global limits only.
     pub uid: Option<u32>,
 }
 
@@ -62,14 +99,16 @@ pub struct Usage {
 pub struct Version {
     pub info: AssetInfo,
     pub blob: Arc<Blob>,
+    /// Whether the version counts against its publisher's per-uid budget
+    /// (it does unless the publisher was a publisher in the policy's sense).
+    pub charged: bool,
 }
 
-#[derive(Debug, Default)]
+#[derive(Debug)]
 struct NameEntry {
-    /// The highest version ever given to this name. Kept after a remove so
-    /// version numbers are never reused.
+    /// The highest version given to this name since it last appeared.
     last_version: u64,
-    /// Oldest first.
+    /// Oldest first; never empty (an entry without versions is removed).
     versions: VecDeque<Version>,
 }
 
@@ -89,7 +128,7 @@ pub enum Change {
     /// No kept version refers to this blob any more.
     BlobDropped(Arc<Blob>),
     /// A new version became visible.
-    Published(AssetInfo),
+    Published(Version),
     /// A version stopped being visible (removed or superseded).
     Removed(AssetInfo),
 }
@@ -125,19 +164,29 @@ pub struct Totals {
     pub bytes: u64,
 }
 
+/// Names, their kept versions and the deduplicated blobs behind them, with
+/// the budgets and per-uid accounting that bound them.
 #[derive(Debug)]
 pub struct Catalog {
     budget: Budget,
+    /// Only names with at least one kept version.
     names: BTreeMap<String, NameEntry>,
-    blobs: HashMap<Hash, BlobEntry>,
+    blobs: HashMap<BlobKey, BlobEntry>,
+    /// Slot `forgotten_slot(name)` is at least the highest number any
+    /// forgotten name of that slot reached.
+    forgotten: Box<[u64]>,
+    /// Kept versions over all names.
+    versions: u64,
     /// Bytes of distinct blobs held.
     bytes: u64,
     /// Bytes promised to publishes in progress.
     reserved: u64,
-    /// Publishes in progress, each of which may add a blob.
+    /// Publishes in progress, each of which may add a blob and a version.
     reserved_publishes: u64,
-    /// Per publisher uid.
+    /// Per non-publisher uid, only while it holds or reserves something.
     usage: HashMap<u32, Usage>,
+    /// The owner of the memfds this process creates.
+    daemon_uid: u32,
 }
 
 impl Catalog {
@@ -146,10 +195,13 @@ impl Catalog {
             budget,
             names: BTreeMap::new(),
             blobs: HashMap::new(),
+            forgotten: vec![0; FORGOTTEN_SLOTS].into_boxed_slice(),
+            versions: 0,
             bytes: 0,
             reserved: 0,
             reserved_publishes: 0,
             usage: HashMap::new(),
+            daemon_uid: rustix::process::geteuid().as_raw(),
         }
     }
 
@@ -160,55 +212,76 @@ impl Catalog {
     /// Promise `claim.size` bytes to a publish about to start, or refuse it.
     pub fn reserve(&mut self, claim: Claim) -> Result<(), CatalogError> {
         let size = claim.size;
-        if size > self.budget.max_asset_size {
+        let budget = self.budget;
+        if size > budget.max_asset_size {
             return Err(CatalogError::new(
                 ErrorCode::TooLarge,
                 format!(
                     "{size} bytes exceeds the maximum asset size of {} bytes",
-                    self.budget.max_asset_size
+                    budget.max_asset_size
                 ),
             ));
         }
+        // Publishers may fill each limit; others only their shared part.
+        let (limit_of, whose): (fn(&Budget, u64) -> u64, &str) = match claim.uid {
+            None => (|_, limit| limit, ""),
+            Some(_) => (
+                Budget::users_share,
+                " for users who are not publishers (the rest is reserved for publishers)",
+            ),
+        };
         let in_use = self.bytes + self.reserved;
-        if in_use.saturating_add(size) > self.budget.max_total_bytes {
+        let bytes_limit = limit_of(&budget, budget.max_total_bytes);
+        if in_use.saturating_add(size) > bytes_limit {
             return Err(CatalogError::new(
                 ErrorCode::OverBudget,
                 format!(
-                    "{size} bytes would exceed the total budget: {in_use} of {} bytes in use \
-                     (remove assets to make room; nothing is evicted automatically)",
-                    self.budget.max_total_bytes
+                    "{size} bytes would exceed the total budget{whose}: {in_use} of {bytes_limit} \
+                     bytes in use (remove assets to make room; nothing is evicted automatically)"
                 ),
             ));
         }
         let blobs = self.blobs.len() as u64 + self.reserved_publishes;
-        if blobs >= self.budget.max_blobs {
+        let blobs_limit = limit_of(&budget, budget.max_blobs);
+        if blobs >= blobs_limit {
             return Err(CatalogError::new(
                 ErrorCode::OverBudget,
                 format!(
-                    "the daemon holds its maximum of {} distinct assets (max_blobs); remove some first",
-                    self.budget.max_blobs
+                    "the daemon holds {blobs} of the {blobs_limit} distinct assets allowed{whose} \
+                     (max_blobs); remove some first"
+                ),
+            ));
+        }
+        let versions = self.versions + self.reserved_publishes;
+        let versions_limit = limit_of(&budget, budget.max_versions);
+        if versions >= versions_limit {
+            return Err(CatalogError::new(
+                ErrorCode::OverBudget,
+                format!(
+                    "the catalog holds {versions} of the {versions_limit} versions allowed{whose} \
+                     (max_versions); remove some first"
                 ),
             ));
         }
         if let Some(uid) = claim.uid {
             let usage = self.usage.get(&uid).copied().unwrap_or_default();
             let bytes = usage.bytes + usage.reserved_bytes;
-            if bytes.saturating_add(size) > self.budget.max_bytes_per_uid {
+            if bytes.saturating_add(size) > budget.max_bytes_per_uid {
                 return Err(CatalogError::new(
                     ErrorCode::OverBudget,
                     format!(
                         "{size} bytes would exceed the budget of uid {uid}: {bytes} of {} bytes in use",
-                        self.budget.max_bytes_per_uid
+                        budget.max_bytes_per_uid
                     ),
                 ));
             }
             let versions = usage.versions + usage.reserved_versions;
-            if versions >= self.budget.max_assets_per_uid {
+            if versions >= budget.max_assets_per_uid {
                 return Err(CatalogError::new(
                     ErrorCode::OverBudget,
                     format!(
                         "uid {uid} already holds {versions} of its {} asset versions",
-                        self.budget.max_assets_per_uid
+                        budget.max_assets_per_uid
                     ),
                 ));
             }
@@ -231,31 +304,54 @@ impl Catalog {
             if let Some(usage) = self.usage.get_mut(&uid) {
                 usage.reserved_bytes -= claim.size;
                 usage.reserved_versions -= 1;
+                self.forget_idle(uid);
             }
         }
     }
 
     /// What `uid` holds and has in flight.
-    pub fn usage(&self, uid: u32) -> Usage {
+    #[cfg(test)]
+    fn usage(&self, uid: u32) -> Usage {
         self.usage.get(&uid).copied().unwrap_or_default()
     }
 
-    fn charge(&mut self, info: &AssetInfo) {
-        let usage = self.usage.entry(info.publisher_uid).or_default();
-        usage.bytes += info.size;
-        usage.versions += 1;
-    }
-
-    fn uncharge(&mut self, info: &AssetInfo) {
-        if let Some(usage) = self.usage.get_mut(&info.publisher_uid) {
-            usage.bytes -= info.size;
-            usage.versions -= 1;
+    /// Drop the accounting of a uid that holds and reserves nothing, so
+    /// the map stays as small as the set of users with assets.
+    fn forget_idle(&mut self, uid: u32) {
+        if self.usage.get(&uid) == Some(&Usage::default()) {
+            self.usage.remove(&uid);
         }
     }
 
-    /// Make `blob` the newest version of `name`, consuming a reservation of
-    /// `blob.size()` bytes. Identical content already held is shared
-    /// instead. Versions beyond the budget's `keep_versions` drop out.
+    fn charge(&mut self, version: &Version) {
+        self.versions += 1;
+        if version.charged {
+            let usage = self.usage.entry(version.info.publisher_uid).or_default();
+            usage.bytes += version.info.size;
+            usage.versions += 1;
+        }
+    }
+
+    fn uncharge(&mut self, version: &Version) {
+        self.versions -= 1;
+        let uid = version.info.publisher_uid;
+        if let (true, Some(usage)) = (version.charged, self.usage.get_mut(&uid)) {
+            usage.bytes -= version.info.size;
+            usage.versions -= 1;
+            self.forget_idle(uid);
+        }
+    }
+
+    /// Make `blob` the newest version of `name`, consuming the reservation
+    /// `claim` made for it. Identical content already held is shared
+    /// instead (see [`BlobKey`] for when content counts as identical).
+    /// Versions beyond the budget's `keep_versions` drop out.
+    ///
+    /// Before a held blob is shared, its seals and size are checked again;
+    /// one that fails (which the kernel's seals should make impossible) is
+    /// dropped from the catalog with every version that refers to it,
+    /// never served again. That scan of every name is the one operation
+    /// whose time grows with the catalog, and no client can cause it.
     pub fn publish(
         &mut self,
         name: &str,
@@ -268,7 +364,11 @@ impl Catalog {
         self.release(claim);
         let mut changes = Vec::new();
         let blob = self.hold(blob, &mut changes);
-        let entry = self.names.entry(name.to_owned()).or_default();
+        let floor = self.forgotten[forgotten_slot(name)];
+        let entry = self.names.entry(name.to_owned()).or_insert(NameEntry {
+            last_version: floor,
+            versions: VecDeque::new(),
+        });
         entry.last_version += 1;
         let info = AssetInfo {
             name: name.to_owned(),
@@ -278,15 +378,17 @@ impl Catalog {
             published_ms,
             publisher_uid,
         };
-        entry.versions.push_back(Version {
+        let version = Version {
             info: info.clone(),
-            blob,
-        });
+            blob: blob.clone(),
+            charged: claim.uid.is_some(),
+        };
+        entry.versions.push_back(version.clone());
         let keep = self.budget.keep_versions.max(1);
         let excess = entry.versions.len().saturating_sub(keep);
         let superseded: Vec<Version> = entry.versions.drain(..excess).collect();
-        self.charge(&info);
-        changes.push(Change::Published(info.clone()));
+        self.charge(&version);
+        changes.push(Change::Published(version));
         for old in superseded {
             self.unhold(old, &mut changes);
         }
@@ -316,52 +418,113 @@ impl Catalog {
         ((info, true), changes)
     }
 
-    /// Restore a version exactly as it was (after a restart). Refuses a
-    /// version older than one already present for the name.
-    pub fn restore(&mut self, info: AssetInfo, blob: Arc<Blob>, last_version: u64) -> bool {
-        let entry = self.names.entry(info.name.clone()).or_default();
+    /// Restore a version exactly as it was (after a restart), with the
+    /// name's highest number. Refuses a version not newer than the newest
+    /// one present for the name.
+    pub fn restore(&mut self, version: Version, last_version: u64) -> bool {
+        let floor = self.forgotten[forgotten_slot(&version.info.name)];
+        let entry = self
+            .names
+            .entry(version.info.name.clone())
+            .or_insert(NameEntry {
+                last_version: floor,
+                versions: VecDeque::new(),
+            });
         if entry
             .versions
             .back()
-            .is_some_and(|v| v.info.version >= info.version)
+            .is_some_and(|v| v.info.version >= version.info.version)
         {
+            if entry.versions.is_empty() {
+                self.names.remove(&version.info.name);
+            }
             return false;
         }
-        entry.last_version = entry.last_version.max(last_version).max(info.version);
-        self.charge(&info);
-        let entry = self.names.get_mut(&info.name).expect("entry exists");
-        entry.versions.push_back(Version {
-            info,
-            blob: blob.clone(),
-        });
-        let slot = self.blobs.entry(*blob.hash()).or_insert_with(|| BlobEntry {
-            blob: blob.clone(),
-            references: 0,
-        });
+        entry.last_version = entry
+            .last_version
+            .max(last_version)
+            .max(version.info.version);
+        entry.versions.push_back(version.clone());
+        self.charge(&version);
+        let slot = self
+            .blobs
+            .entry(version.blob.key())
+            .or_insert_with(|| BlobEntry {
+                blob: version.blob.clone(),
+                references: 0,
+            });
         if slot.references == 0 {
-            self.bytes += blob.size();
+            self.bytes += version.blob.size();
         }
         slot.references += 1;
         true
     }
 
-    /// Remember that `name` once reached `last_version`, so a name whose
-    /// versions were all removed never reuses a number after a restart.
-    pub fn restore_tombstone(&mut self, name: &str, last_version: u64) {
-        let entry = self.names.entry(name.to_owned()).or_default();
-        entry.last_version = entry.last_version.max(last_version);
+    /// Put back slots of the forgotten-names table (after a restart).
+    pub fn restore_forgotten(&mut self, slots: &[(u32, u64)]) {
+        for &(slot, number) in slots {
+            if let Some(kept) = self.forgotten.get_mut(slot as usize) {
+                *kept = (*kept).max(number);
+            }
+        }
     }
 
+    /// The non-zero slots of the forgotten-names table, for the snapshot.
+    pub fn forgotten(&self) -> Vec<(u32, u64)> {
+        self.forgotten
+            .iter()
+            .enumerate()
+            .filter(|(_, number)| **number > 0)
+            .map(|(slot, number)| (slot as u32, *number))
+            .collect()
+    }
+
+    /// Remember that `name` reached `number` although no version of that
+    /// number could be restored (its blob was lost or refused), so the
+    /// number is never given again.
+    pub fn restore_number(&mut self, name: &str, number: u64) {
+        match self.names.get_mut(name) {
+            Some(entry) => entry.last_version = entry.last_version.max(number),
+            None => self.forget(name, number),
+        }
+    }
+
+    /// Fold a name that lost its last version into the forgotten table.
+    fn forget(&mut self, name: &str, last_version: u64) {
+        let slot = &mut self.forgotten[forgotten_slot(name)];
+        *slot = (*slot).max(last_version);
+    }
+
+    /// The blob for a new version by `publisher`: an identical one already
+    /// held, if one may stand in (the daemon's own, or one owned by the
+    /// same user), else `blob` itself.
     fn hold(&mut self, blob: Blob, changes: &mut Vec<Change>) -> Arc<Blob> {
-        if let Some(existing) = self.blobs.get_mut(blob.hash()) {
-            existing.references += 1;
-            // The new memfd is dropped here: identical content is stored once.
-            return existing.blob.clone();
+        let daemons = BlobKey {
+            hash: *blob.hash(),
+            owner: self.daemon_uid,
+        };
+        for key in [daemons, blob.key()] {
+            let Some(existing) = self.blobs.get_mut(&key) else {
+                continue;
+            };
+            if existing.blob.intact() {
+                existing.references += 1;
+                // The new memfd is dropped here: identical content is
+                // stored once.
+                return existing.blob.clone();
+            }
+            tracing::error!(
+                blob = %memseal_proto::message::hash_to_hex(&key.hash),
+                owner = key.owner,
+                "a held blob lost its seals or its size; dropping it and every version that \
+                 refers to it"
+            );
+            self.discard(key, changes);
         }
         let blob = Arc::new(blob);
         self.bytes += blob.size();
         self.blobs.insert(
-            *blob.hash(),
+            blob.key(),
             BlobEntry {
                 blob: blob.clone(),
                 references: 1,
@@ -371,16 +534,40 @@ impl Catalog {
         blob
     }
 
+    /// Remove every version backed by the blob `key`, and the blob.
+    fn discard(&mut self, key: BlobKey, changes: &mut Vec<Change>) {
+        let mut doomed = Vec::new();
+        for entry in self.names.values_mut() {
+            let (bad, good): (VecDeque<Version>, VecDeque<Version>) =
+                entry.versions.drain(..).partition(|v| v.blob.key() == key);
+            entry.versions = good;
+            doomed.extend(bad);
+        }
+        let emptied: Vec<(String, u64)> = self
+            .names
+            .iter()
+            .filter(|(_, entry)| entry.versions.is_empty())
+            .map(|(name, entry)| (name.clone(), entry.last_version))
+            .collect();
+        for (name, last_version) in emptied {
+            self.names.remove(&name);
+            self.forget(&name, last_version);
+        }
+        for version in doomed {
+            self.unhold(version, changes);
+        }
+    }
+
     fn unhold(&mut self, version: Version, changes: &mut Vec<Change>) {
-        self.uncharge(&version.info);
+        self.uncharge(&version);
         changes.push(Change::Removed(version.info));
-        let hash = *version.blob.hash();
-        let Some(entry) = self.blobs.get_mut(&hash) else {
+        let key = version.blob.key();
+        let Some(entry) = self.blobs.get_mut(&key) else {
             return;
         };
         entry.references -= 1;
         if entry.references == 0 {
-            let entry = self.blobs.remove(&hash).expect("entry exists");
+            let entry = self.blobs.remove(&key).expect("entry exists");
             self.bytes -= entry.blob.size();
             changes.push(Change::BlobDropped(entry.blob));
         }
@@ -388,14 +575,9 @@ impl Catalog {
 
     /// The version a selector picks.
     pub fn find(&self, name: &str, selector: Selector) -> Result<&Version, CatalogError> {
-        let versions = self
-            .names
-            .get(name)
-            .map(|e| &e.versions)
-            .filter(|v| !v.is_empty())
-            .ok_or_else(|| {
-                CatalogError::new(ErrorCode::NotFound, format!("no asset named '{name}'"))
-            })?;
+        let versions = self.names.get(name).map(|e| &e.versions).ok_or_else(|| {
+            CatalogError::new(ErrorCode::NotFound, format!("no asset named '{name}'"))
+        })?;
         let found = match selector {
             Selector::Latest => versions.back(),
             Selector::Version(n) => versions.iter().find(|v| v.info.version == n),
@@ -403,7 +585,7 @@ impl Catalog {
         };
         found.ok_or_else(|| {
             let what = match selector {
-                Selector::Latest => unreachable!("a non-empty list has a last element"),
+                Selector::Latest => unreachable!("a kept name has a version"),
                 Selector::Version(n) => format!("version {n}"),
                 Selector::Hash(h) => format!("hash {}", memseal_proto::message::hash_to_hex(&h)),
             };
@@ -430,16 +612,10 @@ impl Catalog {
         start_after: Option<&str>,
         limit: usize,
     ) -> (Vec<AssetInfo>, Option<String>) {
-        let lower = match start_after {
-            Some(after) if after >= prefix => Bound::Excluded(after.to_owned()),
-            _ => Bound::Included(prefix.to_owned()),
-        };
         let mut page = Vec::new();
         let mut matching = self
-            .names
-            .range((lower, Bound::Unbounded))
-            .take_while(|(name, _)| name.starts_with(prefix))
-            .filter_map(|(_, entry)| entry.versions.back());
+            .names_from(prefix, start_after)
+            .map(|(_, entry)| entry.versions.back().expect("a kept name has a version"));
         for version in matching.by_ref().take(limit) {
             page.push(version.info.clone());
         }
@@ -450,18 +626,30 @@ impl Catalog {
         (page, next)
     }
 
+    /// Names starting with `prefix` after `start_after`, in order.
+    fn names_from<'a>(
+        &'a self,
+        prefix: &'a str,
+        start_after: Option<&str>,
+    ) -> impl Iterator<Item = (&'a String, &'a NameEntry)> + 'a {
+        let lower = match start_after {
+            Some(after) if after >= prefix => Bound::Excluded(after.to_owned()),
+            _ => Bound::Included(prefix.to_owned()),
+        };
+        self.names
+            .range((lower, Bound::Unbounded))
+            .take_while(move |(name, _)| name.starts_with(prefix))
+    }
+
     /// Remove one version, or every version of `name`.
     pub fn remove(
         &mut self,
         name: &str,
         version: Option<u64>,
     ) -> Result<(u64, Vec<Change>), CatalogError> {
-        let not_found =
-            || CatalogError::new(ErrorCode::NotFound, format!("no asset named '{name}'"));
-        let entry = self.names.get_mut(name).ok_or_else(not_found)?;
-        if entry.versions.is_empty() {
-            return Err(not_found());
-        }
+        let entry = self.names.get_mut(name).ok_or_else(|| {
+            CatalogError::new(ErrorCode::NotFound, format!("no asset named '{name}'"))
+        })?;
         let removed: Vec<Version> = match version {
             None => entry.versions.drain(..).collect(),
             Some(n) => {
@@ -478,6 +666,12 @@ impl Catalog {
                 entry.versions.remove(index).into_iter().collect()
             }
         };
+        if entry.versions.is_empty() {
+            // Forget the name; its numbers live on in its slot.
+            let last_version = entry.last_version;
+            self.names.remove(name);
+            self.forget(name, last_version);
+        }
         let mut changes = Vec::new();
         let count = removed.len() as u64;
         for old in removed {
@@ -487,51 +681,81 @@ impl Catalog {
     }
 
     pub fn totals(&self) -> Totals {
-        let mut totals = Totals {
+        Totals {
+            names: self.names.len() as u64,
+            versions: self.versions,
             blobs: self.blobs.len() as u64,
             bytes: self.bytes,
-            ..Totals::default()
-        };
-        for entry in self.names.values().filter(|e| !e.versions.is_empty()) {
-            totals.names += 1;
-            totals.versions += entry.versions.len() as u64;
         }
-        totals
-    }
-
-    /// Every name with its highest version number and kept versions, for
-    /// the persisted snapshot.
-    pub fn entries(&self) -> impl Iterator<Item = (&str, u64, impl Iterator<Item = &Version>)> {
-        self.names
-            .iter()
-            .map(|(name, e)| (name.as_str(), e.last_version, e.versions.iter()))
     }
 
     /// Every distinct blob held.
     pub fn blobs(&self) -> impl Iterator<Item = &Arc<Blob>> {
-        self.blobs.values().map(|e| &e.blob)
+        self.blobs.values().map(|entry| &entry.blob)
+    }
+
+    /// Up to `limit` names after `start_after` with their highest number
+    /// and kept versions, for the persisted snapshot, which is written a
+    /// page at a time so that no single hold of the lock grows with the
+    /// catalog. The second value is the cursor for the next page.
+    pub fn snapshot_page(
+        &self,
+        start_after: Option<&str>,
+        limit: usize,
+    ) -> (Vec<SnapshotName>, Option<String>) {
+        let page: Vec<SnapshotName> = self
+            .names_from("", start_after)
+            .take(limit)
+            .map(|(name, entry)| SnapshotName {
+                name: name.clone(),
+                last_version: entry.last_version,
+                versions: entry
+                    .versions
+                    .iter()
+                    .map(|v| StoredVersion {
+                        info: v.info.clone(),
+                        owner: Some(v.blob.key().owner),
+                        charged: v.charged,
+                    })
+                    .collect(),
+            })
+            .collect();
+        let next = (page.len() == limit)
+            .then(|| page.last().map(|n| n.name.clone()))
+            .flatten();
+        (page, next)
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::blob::StreamIngest;
+    use crate::blob::BlobWriter;
 
     fn blob(bytes: &[u8]) -> Blob {
-        let mut ingest = StreamIngest::new(bytes.len() as u64).unwrap();
-        ingest.write(bytes).unwrap();
-        ingest.finish().unwrap()
+        let mut writer = BlobWriter::new(bytes.len() as u64).unwrap();
+        writer.write(bytes).unwrap();
+        writer.finish().unwrap()
+    }
+
+    fn budget() -> Budget {
+        Budget {
+            max_asset_size: 100,
+            max_total_bytes: 1000,
+            keep_versions: 1,
+            max_bytes_per_uid: 50,
+            max_assets_per_uid: 3,
+            max_blobs: 6,
+            max_versions: 100,
+            publisher_reserve_percent: 0,
+        }
     }
 
     fn catalog(keep: usize, total: u64) -> Catalog {
         Catalog::new(Budget {
-            max_asset_size: 100,
-            max_total_bytes: total,
             keep_versions: keep,
-            max_bytes_per_uid: 50,
-            max_assets_per_uid: 3,
-            max_blobs: 6,
+            max_total_bytes: total,
+            ..budget()
         })
     }
 
@@ -561,6 +785,41 @@ mod tests {
         assert_eq!(c.totals().bytes, 0);
         // Numbers are never reused.
         assert_eq!(publish(&mut c, "a", b"four").version, 4);
+    }
+
+    #[test]
+    fn removed_names_cost_nothing_and_never_reuse_a_number() {
+        let mut c = catalog(1, 1000);
+        publish(&mut c, "keep", b"k");
+        for i in 0..10_000 {
+            let name = format!("churn/{i}");
+            publish(&mut c, &name, b"x");
+            c.remove(&name, None).unwrap();
+        }
+        // Only the live name is held: no tombstones, a fixed table.
+        assert_eq!(c.names.len(), 1);
+        assert_eq!(c.totals().names, 1);
+        assert_eq!(c.forgotten.len(), FORGOTTEN_SLOTS);
+        // A name seen before continues above every number it had.
+        let again = publish(&mut c, "churn/7", b"y");
+        assert!(again.version >= 2, "{again:?}");
+        // A name that never went away keeps its own count.
+        assert_eq!(publish(&mut c, "keep", b"k2").version, 2);
+        // A name removed once comes back above its old numbers, and a name
+        // never seen, in a slot no forgotten name uses, starts at 1.
+        let mut c = catalog(1, 1000);
+        publish(&mut c, "once", b"1");
+        publish(&mut c, "once", b"2");
+        c.remove("once", None).unwrap();
+        assert_eq!(publish(&mut c, "once", b"3").version, 3);
+        assert_ne!(forgotten_slot("fresh"), forgotten_slot("once"));
+        assert_eq!(publish(&mut c, "fresh", b"f").version, 1);
+        // Removing the newest of several versions keeps the name's count.
+        let mut c = catalog(3, 1000);
+        publish(&mut c, "a", b"1");
+        publish(&mut c, "a", b"2");
+        c.remove("a", Some(2)).unwrap();
+        assert_eq!(publish(&mut c, "a", b"3").version, 3);
     }
 
     #[test]
@@ -609,6 +868,43 @@ mod tests {
     }
 
     #[test]
+    fn users_cannot_take_the_publishers_reserve() {
+        let mut c = Catalog::new(Budget {
+            max_blobs: 8,
+            max_versions: 1000,
+            max_assets_per_uid: 100,
+            max_bytes_per_uid: 1000,
+            publisher_reserve_percent: 25,
+            ..budget()
+        });
+        // Many users together fill their share: 6 of 8 blobs.
+        let mut filled = 0;
+        for uid in 1..=10u32 {
+            let user = Claim {
+                size: 1,
+                uid: Some(uid),
+            };
+            if c.reserve(user).is_ok() {
+                c.publish(&format!("u/{uid}"), blob(&[uid as u8]), user, uid, 0);
+                filled += 1;
+            }
+        }
+        assert_eq!(filled, 6);
+        let err = c
+            .reserve(Claim {
+                size: 1,
+                uid: Some(99),
+            })
+            .unwrap_err();
+        assert!(err.message.contains("reserved for publishers"), "{}", err);
+        // The publishers still have theirs.
+        publish(&mut c, "root/a", b"a");
+        publish(&mut c, "root/b", b"b");
+        assert_eq!(c.reserve(claim(1)).unwrap_err().code, ErrorCode::OverBudget);
+        assert_eq!(Budget::users_share(&c.budget, 4000), 3000);
+    }
+
+    #[test]
     fn per_uid_budgets_count_kept_versions() {
         let mut c = catalog(1, 1000);
         let user = |size: usize| Claim {
@@ -647,6 +943,11 @@ mod tests {
                 reserved_versions: 0
             }
         );
+        // A uid that holds nothing any more leaves no entry behind.
+        for name in ["u/b", "u/c", "u/d"] {
+            c.remove(name, None).unwrap();
+        }
+        assert!(c.usage.is_empty());
     }
 
     #[test]
@@ -664,6 +965,25 @@ mod tests {
         assert_eq!(page[0].name, "m/c");
         assert_eq!(next, None);
         assert_eq!(c.list("", None, 100).0.len(), 5);
+    }
+
+    #[test]
+    fn snapshot_pages_cover_every_name_once() {
+        let mut c = catalog(1, 1000);
+        for i in 0..5 {
+            publish(&mut c, &format!("s/{i}"), &[i]);
+        }
+        let mut seen = Vec::new();
+        let mut cursor = None;
+        loop {
+            let (page, next) = c.snapshot_page(cursor.as_deref(), 2);
+            seen.extend(page.into_iter().map(|n| n.name));
+            match next {
+                Some(name) => cursor = Some(name),
+                None => break,
+            }
+        }
+        assert_eq!(seen, ["s/0", "s/1", "s/2", "s/3", "s/4"]);
     }
 
     #[test]

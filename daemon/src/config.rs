@@ -77,6 +77,17 @@ pub struct Args {
     #[arg(long, value_name = "N")]
     pub max_blobs: Option<u64>,
 
+    /// Kept versions over all names: bounds the catalog's memory and the
+    /// size of its persisted snapshot [default: 1000000]
+    #[arg(long, value_name = "N")]
+    pub max_versions: Option<u64>,
+
+    /// Percentage of max-total-bytes, max-blobs, max-versions and
+    /// max-connections that only publishers may use: all other users
+    /// together can never take more than the rest [default: 25]
+    #[arg(long, value_name = "PERCENT", value_parser = clap::value_parser!(u8).range(0..=100))]
+    pub publisher_reserve: Option<u8>,
+
     /// Directory of *.asset files declaring assets to publish at start and
     /// on SIGHUP [default: /etc/memseal/assets.d if it exists]
     #[arg(long, value_name = "DIR")]
@@ -93,6 +104,12 @@ pub struct Args {
     /// [default: 10s]
     #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
     pub io_timeout: Option<Duration>,
+
+    /// How long a streamed upload may take in all, however steadily it
+    /// progresses; its budget reservation is released when it ends
+    /// [default: 300s]
+    #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
+    pub upload_timeout: Option<Duration>,
 }
 
 /// A size in the config file: a number of bytes or a string with a suffix.
@@ -142,9 +159,12 @@ struct FileConfig {
     max_bytes_per_uid: Option<SizeValue>,
     max_assets_per_uid: Option<u64>,
     max_blobs: Option<u64>,
+    max_versions: Option<u64>,
+    publisher_reserve: Option<u8>,
     assets_dir: Option<PathBuf>,
     handshake_timeout: Option<DurationValue>,
     io_timeout: Option<DurationValue>,
+    upload_timeout: Option<DurationValue>,
     #[serde(default)]
     policy: PolicyConfig,
 }
@@ -188,6 +208,10 @@ impl Default for PolicyConfig {
 #[derive(Debug, Clone)]
 pub struct Config {
     pub socket: PathBuf,
+    /// Whether the socket path was given (flag, environment or file)
+    /// rather than the built-in default: only then may it be in a shared
+    /// sticky directory such as /tmp.
+    pub socket_explicit: bool,
     pub keep_versions: usize,
     pub max_asset_size: u64,
     pub max_total_bytes: u64,
@@ -196,6 +220,9 @@ pub struct Config {
     pub max_bytes_per_uid: u64,
     pub max_assets_per_uid: u64,
     pub max_blobs: u64,
+    pub max_versions: u64,
+    /// Percent of each global limit kept for publishers.
+    pub publisher_reserve: u8,
     pub assets_dir: Option<PathBuf>,
     pub policy: PolicyConfig,
     /// The settings file that was read, re-read for its policy on reload.
@@ -205,6 +232,8 @@ pub struct Config {
     /// How long a frame may take once begun, a reply may wait for the
     /// client to read it, and a streamed upload may take per 64 KiB.
     pub io_timeout: Duration,
+    /// How long a streamed upload may take in all.
+    pub upload_timeout: Duration,
     /// How long in-flight requests may run after SIGTERM.
     pub shutdown_grace: Duration,
 }
@@ -268,14 +297,29 @@ impl Config {
             (None, Some(v)) => v.duration("io_timeout")?,
             (None, None) => DEFAULT_TIMEOUT,
         };
-        if handshake_timeout.is_zero() || io_timeout.is_zero() {
-            return Err("handshake_timeout and io_timeout must be longer than zero".into());
+        let upload_timeout = match (args.upload_timeout, &file.upload_timeout) {
+            (Some(d), _) => d,
+            (None, Some(v)) => v.duration("upload_timeout")?,
+            (None, None) => DEFAULT_UPLOAD_TIMEOUT,
+        };
+        if handshake_timeout.is_zero() || io_timeout.is_zero() || upload_timeout.is_zero() {
+            return Err(
+                "handshake_timeout, io_timeout and upload_timeout must be longer than zero".into(),
+            );
         }
+        let publisher_reserve = args
+            .publisher_reserve
+            .or(file.publisher_reserve)
+            .unwrap_or(DEFAULT_PUBLISHER_RESERVE);
+        if publisher_reserve > 100 {
+            return Err(format!(
+                "publisher_reserve is a percentage (0 to 100), not {publisher_reserve}"
+            ));
+        }
+        let given_socket = args.socket.or(file.socket);
         Ok(Config {
-            socket: args
-                .socket
-                .or(file.socket)
-                .unwrap_or_else(memseal_proto::paths::builtin_socket_path),
+            socket_explicit: given_socket.is_some(),
+            socket: given_socket.unwrap_or_else(memseal_proto::paths::builtin_socket_path),
             keep_versions: keep_versions as usize,
             max_asset_size,
             max_total_bytes,
@@ -284,11 +328,14 @@ impl Config {
             max_bytes_per_uid,
             max_assets_per_uid,
             max_blobs: args.max_blobs.or(file.max_blobs).unwrap_or(4000),
+            max_versions: args.max_versions.or(file.max_versions).unwrap_or(1_000_000),
+            publisher_reserve,
             assets_dir,
             policy: file.policy,
             config_file,
             handshake_timeout,
             io_timeout,
+            upload_timeout,
             shutdown_grace: Duration::from_secs(10),
         })
     }
@@ -298,6 +345,16 @@ impl Config {
 /// a loaded machine, short enough that a stalled peer lets go of its
 /// connection slot soon.
 const DEFAULT_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// The longest a streamed upload may take when nothing else is set: gigabytes
+/// at memory speed take seconds, and a publisher with a slow source can hand
+/// the daemon a sealed memfd instead, which holds no reservation while it
+/// fills.
+const DEFAULT_UPLOAD_TIMEOUT: Duration = Duration::from_secs(300);
+
+/// The share of each global limit that only publishers may use, in percent:
+/// however many other users there are, the publishers keep a quarter.
+pub const DEFAULT_PUBLISHER_RESERVE: u8 = 25;
 
 /// Read the access policy again from the settings file (on reload).
 pub fn reread_policy(path: &Path) -> Result<PolicyConfig, String> {

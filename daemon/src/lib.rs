@@ -11,6 +11,7 @@
 //! - [`catalog`]: names, versions, deduplicated blobs and the byte budget.
 //! - [`blob`]: making sealed memfds from uploads, files and adopted memfds.
 //! - [`policy`]: who may publish and remove which names.
+//! - [`log_budget`]: how many lines about clients' requests are logged.
 //! - [`notify`]: readiness, status and watchdog for the service manager.
 //! - [`persist`]: the service manager's fd store, so a restart or a crash
 //!   loses no asset.
@@ -41,6 +42,7 @@ pub mod catalog;
 pub mod config;
 pub mod connection;
 pub mod listener;
+pub mod log_budget;
 pub mod notify;
 pub mod persist;
 pub mod policy;
@@ -68,7 +70,7 @@ pub fn run(config: Config) -> Result<(), String> {
 }
 
 async fn serve(config: Config) -> Result<(), String> {
-    let listening = listener::listen(&config.socket)?;
+    let listening = listener::listen(&config.socket, config.socket_explicit)?;
     let (policy, warnings) = Policy::from_config(&config.policy);
     for warning in warnings {
         warn!("policy: {warning}");
@@ -81,6 +83,8 @@ async fn serve(config: Config) -> Result<(), String> {
             max_bytes_per_uid: config.max_bytes_per_uid,
             max_assets_per_uid: config.max_assets_per_uid,
             max_blobs: config.max_blobs,
+            max_versions: config.max_versions,
+            publisher_reserve_percent: config.publisher_reserve,
         },
         policy,
     );

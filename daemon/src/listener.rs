@@ -8,9 +8,10 @@
 //! daemon binds the path itself, replacing a stale socket file but refusing
 //! to steal the path from a live daemon.
 
+use memseal_proto::paths;
 use std::io;
 use std::os::fd::{OwnedFd, RawFd};
-use std::os::unix::fs::{FileTypeExt, PermissionsExt};
+use std::os::unix::fs::{DirBuilderExt, FileTypeExt, MetadataExt};
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::{Path, PathBuf};
 
@@ -37,8 +38,9 @@ fn inherited() -> io::Result<Vec<(String, OwnedFd)>> {
         .collect())
 }
 
-/// Find or make the listening socket.
-pub fn listen(path: &Path) -> Result<Listening, String> {
+/// Find or make the listening socket. `explicit`: the path was given, not
+/// the built-in default.
+pub fn listen(path: &Path, explicit: bool) -> Result<Listening, String> {
     let mut passed =
         inherited().map_err(|e| format!("invalid LISTEN_FDS from the service manager: {e}"))?;
     let position = passed.iter().position(|(name, fd)| {
@@ -56,7 +58,7 @@ pub fn listen(path: &Path) -> Result<Listening, String> {
             stored: passed,
         });
     }
-    let listener = bind(path)?;
+    let listener = bind(path, explicit)?;
     Ok(Listening {
         listener,
         owned_path: Some(path.to_path_buf()),
@@ -68,32 +70,43 @@ fn is_listening_socket(fd: &OwnedFd) -> bool {
     rustix::net::sockopt::socket_acceptconn(fd).unwrap_or(false)
 }
 
-fn bind(path: &Path) -> Result<UnixListener, String> {
+fn bind(path: &Path, explicit: bool) -> Result<UnixListener, String> {
     let shown = path.display();
-    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
-        if !dir.exists() {
-            std::fs::create_dir_all(dir).map_err(|e| {
-                format!("cannot create the socket directory {}: {e}", dir.display())
-            })?;
-            // World-searchable for the system socket, private otherwise.
-            let mode = if rustix::process::geteuid().is_root() {
-                0o755
-            } else {
-                0o700
-            };
-            let _ = std::fs::set_permissions(dir, std::fs::Permissions::from_mode(mode));
-        }
+    let me = rustix::process::geteuid();
+    let dir = path
+        .parent()
+        .filter(|d| !d.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
+    if !dir.exists() {
+        // World-searchable for the system socket, private otherwise.
+        let mode = if me.is_root() { 0o755 } else { 0o700 };
+        std::fs::DirBuilder::new()
+            .recursive(true)
+            .mode(mode)
+            .create(dir)
+            .map_err(|e| format!("cannot create the socket directory {}: {e}", dir.display()))?;
+    }
+    let shared_ok = explicit && paths::is_sticky_root_dir(dir);
+    if !shared_ok {
+        paths::check_private_dir(dir, me.as_raw())
+            .map_err(|e| format!("will not listen on {shown}: {e}"))?;
     }
     match std::fs::symlink_metadata(path) {
-        Ok(meta) if meta.file_type().is_socket() => match UnixStream::connect(path) {
-            Ok(_) => {
-                return Err(format!(
+        Ok(meta) if meta.file_type().is_socket() && meta.uid() == me.as_raw() => {
+            match UnixStream::connect(path) {
+                Ok(_) => return Err(format!(
                     "another memseald is already serving {shown}; stop it first or pass --socket"
-                ))
+                )),
+                Err(_) => std::fs::remove_file(path)
+                    .map_err(|e| format!("cannot remove the stale socket {shown}: {e}"))?,
             }
-            Err(_) => std::fs::remove_file(path)
-                .map_err(|e| format!("cannot remove the stale socket {shown}: {e}"))?,
-        },
+        }
+        Ok(meta) if meta.file_type().is_socket() => {
+            return Err(format!(
+                "{shown} is a socket of uid {}, not ours; refusing to replace it",
+                meta.uid()
+            ))
+        }
         Ok(_) => {
             return Err(format!(
                 "{shown} exists and is not a socket; refusing to replace it"
@@ -102,12 +115,14 @@ fn bind(path: &Path) -> Result<UnixListener, String> {
         Err(e) if e.kind() == io::ErrorKind::NotFound => {}
         Err(e) => return Err(format!("cannot inspect {shown}: {e}")),
     }
-    let listener =
-        UnixListener::bind(path).map_err(|e| format!("cannot listen on {shown}: {e}"))?;
-    // Anyone who can reach the directory may connect; the access policy
-    // decides what each peer may do.
-    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o666))
-        .map_err(|e| format!("cannot set the mode of {shown}: {e}"))?;
+    // Anyone who can reach the directory may connect (mode 0666); the
+    // access policy decides what each peer may do. The mode comes from
+    // the umask at bind; the process-wide umask is changed for this one
+    // call, at start-up, before anything else creates files.
+    let previous = rustix::process::umask(rustix::fs::Mode::from_raw_mode(0o111));
+    let bound = UnixListener::bind(path);
+    rustix::process::umask(previous);
+    let listener = bound.map_err(|e| format!("cannot listen on {shown}: {e}"))?;
     listener
         .set_nonblocking(true)
         .map_err(|e| format!("cannot configure {shown}: {e}"))?;

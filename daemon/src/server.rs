@@ -1,12 +1,15 @@
 //! The accept loop: connection limits, peer credentials, graceful shutdown.
 //!
-//! Each accepted connection gets a task. Two limits bound how many run at
-//! once: a total one (a semaphore) and one per uid (`UidSlots`), so that
-//! a single local user cannot take every slot and lock the others out.
-//! Root and the daemon's own uid are exempt from the per-uid limit: they
-//! run the service. A connection over either limit is told "busy", with
-//! the limit it hit, and closed straight away, so a flood cannot queue up
-//! unbounded work.
+//! Each accepted connection gets a task. Three limits bound how many run
+//! at once: a total one; one for all users who are not publishers
+//! together, which leaves the publisher reserve (`publisher_reserve`, a
+//! quarter by default) to publishers whatever the others do; and one per
+//! uid (`UidSlots`), so that a single local user cannot take every slot
+//! of the others. Publishers (root, the daemon's own uid, the configured
+//! publisher users and groups) are held to the total only: they run the
+//! service. A connection over a limit is told "busy", with the limit it
+//! hit, and closed straight away, so a flood cannot queue up unbounded
+//! work.
 //!
 //! `accept` failing for lack of descriptors (EMFILE, ENFILE) or memory does
 //! not spin: the loop backs off, existing connections keep being served,
@@ -41,6 +44,8 @@ pub async fn serve(
 ) {
     let (shutdown_tx, shutdown_rx) = watch::channel(false);
     let limit = Arc::new(Semaphore::new(config.max_connections));
+    let users_max = users_connections(&config);
+    let users = Arc::new(Semaphore::new(users_max));
     let per_uid = Arc::new(UidSlots::new(config.max_connections_per_uid));
     let unread_limit = connection::unread_limit(config.max_connections, descriptor_limit());
     debug!(
@@ -71,6 +76,14 @@ pub async fn serve(
                 }
             }
         };
+        let peer = match peer_of(&stream) {
+            Ok(peer) => peer,
+            Err(e) => {
+                warn!("cannot read the credentials of a new client: {e}");
+                continue;
+            }
+        };
+        let publisher = store.policy().is_publisher(&peer);
         let Ok(permit) = limit.clone().try_acquire_owned() else {
             let max = config.max_connections;
             refuse_busy(
@@ -79,14 +92,21 @@ pub async fn serve(
             );
             continue;
         };
-        let peer = match peer_of(&stream) {
-            Ok(peer) => peer,
-            Err(e) => {
-                warn!("cannot read the credentials of a new client: {e}");
+        let users_permit = if publisher {
+            None
+        } else {
+            let Ok(permit) = users.clone().try_acquire_owned() else {
+                refuse_busy(
+                    &stream,
+                    format!(
+                        "users who are not publishers hold all {users_max} connections they                          may share (the rest of max_connections is reserved for publishers);                          retry later"
+                    ),
+                );
                 continue;
-            }
+            };
+            Some(permit)
         };
-        let Some(uid_slot) = per_uid.try_take(peer.uid) else {
+        let Some(uid_slot) = per_uid.try_take(peer.uid, publisher) else {
             let max = config.max_connections_per_uid;
             refuse_busy(
                 &stream,
@@ -113,6 +133,7 @@ pub async fn serve(
             connection.run().await;
             store.connection_closed();
             drop(uid_slot);
+            drop(users_permit);
             drop(permit);
         });
     }
@@ -135,13 +156,20 @@ pub async fn serve(
     }
 }
 
+/// How many connections all users who are not publishers may hold
+/// together: what the publisher reserve leaves of `max_connections`, but
+/// at least one.
+fn users_connections(config: &Config) -> usize {
+    let reserve = config.max_connections * usize::from(config.publisher_reserve.min(100)) / 100;
+    (config.max_connections - reserve).max(1)
+}
+
 /// Open connections per uid, bounded by `max_connections_per_uid`.
 ///
-/// Root and the daemon's own uid are not counted: they are the ones who
-/// run the service, and a cap on them would only lock the administrator out.
+/// Publishers are not counted: they are the ones who run the service, and
+/// a cap on them would only lock the administrator out.
 struct UidSlots {
     max: usize,
-    daemon_uid: u32,
     open: Mutex<HashMap<u32, usize>>,
 }
 
@@ -149,14 +177,13 @@ impl UidSlots {
     fn new(max: usize) -> UidSlots {
         UidSlots {
             max,
-            daemon_uid: rustix::process::geteuid().as_raw(),
             open: Mutex::new(HashMap::new()),
         }
     }
 
     /// A slot for one more connection of `uid`, or None at the limit.
-    fn try_take(self: &Arc<Self>, uid: u32) -> Option<UidSlot> {
-        if uid == 0 || uid == self.daemon_uid {
+    fn try_take(self: &Arc<Self>, uid: u32, publisher: bool) -> Option<UidSlot> {
+        if publisher {
             return Some(UidSlot {
                 slots: self.clone(),
                 uid: None,

@@ -7,6 +7,8 @@
 
 use crate::blob::Blob;
 use crate::catalog::{Budget, Catalog, CatalogError, Change, Claim, Totals};
+use crate::connection::USER_INGESTS;
+use crate::log_budget::LogBudget;
 use crate::policy::Policy;
 use memseal_proto::{AssetInfo, Event, Selector, ServerStatus};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -16,6 +18,8 @@ use std::time::{Instant, SystemTime, UNIX_EPOCH};
 /// Called with every batch of catalog changes, in order, outside the lock.
 pub type Observer = Box<dyn Fn(&Store, &[Change]) + Send + Sync>;
 
+/// The daemon's shared state: the catalog and everything connections use
+/// together. See the module documentation.
 pub struct Store {
     catalog: Mutex<Catalog>,
     policy: RwLock<Arc<Policy>>,
@@ -26,6 +30,10 @@ pub struct Store {
     observe_order: Mutex<()>,
     /// Published and removed versions, for watchers, in catalog order.
     events: tokio::sync::broadcast::Sender<Event>,
+    /// Which per-request log lines are written.
+    log_budget: LogBudget,
+    /// Descriptor publishes users who are not publishers may run at once.
+    user_ingests: Arc<tokio::sync::Semaphore>,
 }
 
 /// How many events a watcher may fall behind before it is dropped (it
@@ -42,6 +50,8 @@ impl Store {
             connections: AtomicU64::new(0),
             observe_order: Mutex::new(()),
             events: tokio::sync::broadcast::channel(WATCH_BACKLOG).0,
+            log_budget: LogBudget::default(),
+            user_ingests: Arc::new(tokio::sync::Semaphore::new(USER_INGESTS)),
         })
     }
 
@@ -72,7 +82,7 @@ impl Store {
             }
             for change in changes {
                 let event = match change {
-                    Change::Published(info) => Event::Published(info),
+                    Change::Published(version) => Event::Published(version.info),
                     Change::Removed(info) => Event::Removed(info),
                     Change::BlobAdded(_) | Change::BlobDropped(_) => continue,
                 };
@@ -81,6 +91,16 @@ impl Store {
             }
         }
         value
+    }
+
+    /// Which per-request log lines are written.
+    pub fn log_budget(&self) -> &LogBudget {
+        &self.log_budget
+    }
+
+    /// Slots for descriptor publishes by users who are not publishers.
+    pub fn user_ingests(&self) -> Arc<tokio::sync::Semaphore> {
+        self.user_ingests.clone()
     }
 
     /// Receive every later published or removed version.
@@ -140,8 +160,9 @@ impl Store {
         self.change(|catalog| catalog.publish_if_changed(name, blob, claim, uid, now_ms()))
     }
 
-    /// Restore persisted state without notifying observers of "new" blobs
-    /// (they already hold them).
+    /// Run `f` on the catalog without telling the observers: for restoring
+    /// persisted state (the fd store already holds it) and for reading it
+    /// a page at a time.
     pub fn with_catalog<T>(&self, f: impl FnOnce(&mut Catalog) -> T) -> T {
         f(&mut self.catalog())
     }

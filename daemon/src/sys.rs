@@ -1,74 +1,13 @@
-//! The daemon's only `unsafe` code: a read-only mapping used to hash a
-//! sealed memfd, a short-lived writable mapping that lets a new memfd be
-//! backed by huge pages, two socket queries that rustix does not wrap, and
-//! taking ownership of descriptors the service manager passed.
+//! The daemon's only `unsafe` code: a short-lived writable mapping that
+//! lets a new memfd of the daemon's own be backed by huge pages, two
+//! socket queries that rustix does not wrap, and taking ownership of
+//! descriptors the service manager passed.
 //!
 //! Each function is a small safe wrapper; callers never see a raw pointer.
+//! Nothing here maps a descriptor a client sent (see [`crate::blob`]).
 
-use memseal_proto::Hash;
-use rustix::mm::{mmap, munmap, Advice, MapFlags, ProtFlags};
 use std::io;
 use std::os::fd::{AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
-
-/// BLAKE3 of the first `size` bytes of `fd`, read through a private
-/// read-only mapping (no copy into a buffer).
-///
-/// The caller guarantees that `fd` is sealed against writing and shrinking
-/// and is at least `size` bytes long; the memfds the daemon hashes are
-/// sealed before they are hashed.
-pub fn hash_sealed(fd: BorrowedFd<'_>, size: u64) -> io::Result<Hash> {
-    if size == 0 {
-        return Ok(*blake3::hash(&[]).as_bytes());
-    }
-    let len = usize::try_from(size).map_err(|_| io::Error::from(io::ErrorKind::FileTooLarge))?;
-    // A fresh mapping chosen by the kernel (null hint) cannot alias any Rust object.
-    // SAFETY: `len` does not exceed the file size, which the seals freeze, so no page of the
-    // mapping can SIGBUS and no byte of it can change.
-    let ptr = unsafe {
-        mmap(
-            std::ptr::null_mut(),
-            len,
-            ProtFlags::READ,
-            MapFlags::PRIVATE,
-            fd,
-            0,
-        )?
-    };
-    // SAFETY: `ptr..ptr+len` is the mapping made just above; advice only
-    // changes read-ahead, never contents.
-    let _ = unsafe { rustix::mm::madvise(ptr, len, Advice::Sequential) };
-    // The seals guarantee that no process can change these bytes.
-    // SAFETY: the mapping is readable for `len` bytes and lives until the munmap below, so a
-    // shared reference to its unchanging bytes is sound for that whole time.
-    let bytes = unsafe { std::slice::from_raw_parts(ptr.cast::<u8>(), len) };
-    let hash = hash_bytes(bytes);
-    // SAFETY: unmaps exactly the mapping created above; `bytes` is not used
-    // after this point.
-    unsafe { munmap(ptr, len)? };
-    Ok(hash)
-}
-
-/// Inputs at least this long are hashed on every CPU (rayon). Below it,
-/// handing work to other threads costs more than it saves.
-const PARALLEL_HASH_MIN: usize = 1 << 20;
-
-/// BLAKE3 of a byte slice, multi-threaded above the size where threads pay off.
-///
-/// Every publish ends in this hash, and adopting a sealed memfd is nothing
-/// but this hash, so it sets the daemon's publish rate. On a 2-CPU machine
-/// the rayon path halved the time of adopting 64 MiB (16.2 to 8.5 ms) and
-/// cut 1 GiB from 250 to 145 ms. The threads also fault the mapped pages
-/// in parallel, which is why the mapping is not pre-populated: a serial
-/// `MAP_POPULATE` first measured slower.
-pub fn hash_bytes(bytes: &[u8]) -> Hash {
-    let mut hasher = blake3::Hasher::new();
-    if bytes.len() >= PARALLEL_HASH_MIN {
-        hasher.update_rayon(bytes);
-    } else {
-        hasher.update(bytes);
-    }
-    *hasher.finalize().as_bytes()
-}
 
 /// The supplementary groups of a Unix socket's peer (`SO_PEERGROUPS`), as
 /// they were when it connected.

@@ -19,7 +19,8 @@
 //! of allocating.
 
 use crate::error::FrameError;
-use crate::message::{Request, Response, Snapshot};
+use crate::message::{Request, Response};
+use crate::persisted::{JournalEntry, Snapshot, SnapshotV1, SNAPSHOT_FORMAT};
 use crate::{MAX_FDS_PER_FRAME, MAX_FRAME_LEN};
 use serde::{de::DeserializeOwned, Serialize};
 use std::os::fd::OwnedFd;
@@ -51,7 +52,7 @@ fn encode<T: Serialize>(fds: u8, message: &T) -> Result<Vec<u8>, FrameError> {
     frame.extend_from_slice(&[0; HEADER_LEN]);
     frame.push(fds);
     bincode::serde::encode_into_std_write(message, &mut frame, config())
-        .map_err(|e| FrameError::Decode(e.to_string()))?;
+        .map_err(|e| FrameError::Encode(e.to_string()))?;
     let len = frame.len() - HEADER_LEN;
     if len > MAX_FRAME_LEN as usize {
         return Err(FrameError::Oversized {
@@ -95,8 +96,9 @@ impl std::io::Write for ByteCounter {
     }
 }
 
-/// The largest catalog snapshot accepted: far above any real catalog
-/// (a million names of 255 bytes), far below anything that could hurt.
+/// The largest catalog snapshot accepted: above any catalog the daemon's
+/// `max_versions` allows (a million versions of 255-byte names take about
+/// 330 MiB), far below anything that could hurt.
 pub const MAX_SNAPSHOT_LEN: usize = 512 << 20;
 
 /// Leading bytes of an encoded snapshot, so a foreign memfd is recognised
@@ -111,20 +113,130 @@ pub fn encode_snapshot(snapshot: &Snapshot) -> Vec<u8> {
     out
 }
 
-/// Decode a catalog snapshot written by [`encode_snapshot`].
+/// Decode a catalog snapshot written by [`encode_snapshot`], or by an
+/// older daemon in format 1 (converted).
 pub fn decode_snapshot(bytes: &[u8]) -> Result<Snapshot, FrameError> {
     let body = bytes
         .strip_prefix(SNAPSHOT_MAGIC)
         .ok_or_else(|| FrameError::Decode("not a memseal catalog snapshot".into()))?;
     let config = bincode::config::standard().with_limit::<MAX_SNAPSHOT_LEN>();
-    let (snapshot, used): (Snapshot, usize) = bincode::serde::decode_from_slice(body, config)
-        .map_err(|e| FrameError::Decode(e.to_string()))?;
+    // Every format starts with its number.
+    let (format, _): (u32, usize) = bincode::serde::decode_from_slice(body, config)
+        .map_err(|e| FrameError::Decode(describe(&e)))?;
+    let (snapshot, used) = match format {
+        1 => {
+            let (old, used): (SnapshotV1, usize) = bincode::serde::decode_from_slice(body, config)
+                .map_err(|e| FrameError::Decode(describe(&e)))?;
+            (Snapshot::from(old), used)
+        }
+        SNAPSHOT_FORMAT => bincode::serde::decode_from_slice(body, config)
+            .map_err(|e| FrameError::Decode(describe(&e)))?,
+        other => {
+            return Err(FrameError::Decode(format!(
+                "snapshot format {other} is not one this daemon knows (1 or {SNAPSHOT_FORMAT})"
+            )))
+        }
+    };
     if used != body.len() {
         return Err(FrameError::TrailingBytes {
             extra: body.len() - used,
         });
     }
     Ok(snapshot)
+}
+
+/// A decoding failure in words about the message, not about the decoder.
+/// Reads as the end of a sentence: "a 'fetch' request ...".
+fn describe(error: &bincode::error::DecodeError) -> String {
+    use bincode::error::DecodeError as E;
+    match error {
+        E::UnexpectedEnd { additional } => {
+            format!("ends too early: at least {additional} more byte(s) were needed")
+        }
+        E::LimitExceeded => {
+            "declares a length larger than the whole frame may be (64 KiB)".to_owned()
+        }
+        E::InvalidIntegerType { .. } | E::OutsideUsizeRange(_) => {
+            "holds a number that does not fit its field".to_owned()
+        }
+        E::UnexpectedVariant {
+            type_name, found, ..
+        } if type_name.starts_with("Option") => format!(
+            "has an optional field marked {found}; the mark must be 0 (absent) or 1 (present)"
+        ),
+        E::UnexpectedVariant { found, .. } => {
+            format!("has a field whose kind {found} is not one of its defined kinds")
+        }
+        E::Utf8 { .. } => "has a text field that is not valid UTF-8".to_owned(),
+        E::InvalidBooleanValue(value) => {
+            format!("has a yes/no field holding {value}; it must be 0 or 1")
+        }
+        E::InvalidCharEncoding(_) => "has a character field that is not valid".to_owned(),
+        E::OtherString(text) if text.contains("expected variant index") => {
+            // serde's wording for an enum variant number out of range.
+            let found = text
+                .split('`')
+                .nth(1)
+                .map(|n| format!(" {n}"))
+                .unwrap_or_default();
+            format!("has a field whose kind{found} is not one of its defined kinds")
+        }
+        _ => "is not a valid message of its kind".to_owned(),
+    }
+}
+
+/// Bytes before each journal record: its payload length (`u32` LE) and a
+/// check value of the payload (`u64` LE, FNV-1a).
+pub const JOURNAL_HEADER_LEN: usize = 12;
+
+/// The largest journal record: one version with the longest name.
+const MAX_JOURNAL_RECORD: usize = 4096;
+
+/// FNV-1a: catches a record torn by a crash in the middle of its write.
+/// The journal is only ever written by the daemon, so this guards against
+/// accidents, not adversaries.
+fn check_value(bytes: &[u8]) -> u64 {
+    bytes.iter().fold(0xcbf2_9ce4_8422_2325, |hash, byte| {
+        (hash ^ u64::from(*byte)).wrapping_mul(0x0100_0000_01b3)
+    })
+}
+
+/// One journal record, header included, ready to append.
+pub fn encode_journal_entry(entry: &JournalEntry) -> Vec<u8> {
+    let mut out = vec![0; JOURNAL_HEADER_LEN];
+    bincode::serde::encode_into_std_write(entry, &mut out, bincode::config::standard())
+        .expect("encoding into a Vec cannot fail");
+    let len = (out.len() - JOURNAL_HEADER_LEN) as u32;
+    let check = check_value(&out[JOURNAL_HEADER_LEN..]);
+    out[..4].copy_from_slice(&len.to_le_bytes());
+    out[4..JOURNAL_HEADER_LEN].copy_from_slice(&check.to_le_bytes());
+    out
+}
+
+/// The records of a journal, in order, and how many bytes they span. Stops
+/// at the first record that is incomplete or fails its check (a write cut
+/// short by a crash): everything before it is returned, nothing after.
+pub fn decode_journal(bytes: &[u8]) -> (Vec<JournalEntry>, usize) {
+    let config = bincode::config::standard().with_limit::<MAX_JOURNAL_RECORD>();
+    let mut entries = Vec::new();
+    let mut at = 0;
+    while let Some(header) = bytes.get(at..at + JOURNAL_HEADER_LEN) {
+        let len = u32::from_le_bytes(header[..4].try_into().expect("4 bytes")) as usize;
+        let check = u64::from_le_bytes(header[4..].try_into().expect("8 bytes"));
+        let start = at + JOURNAL_HEADER_LEN;
+        let Some(payload) = bytes.get(start..start.saturating_add(len)) else {
+            break;
+        };
+        if len > MAX_JOURNAL_RECORD || check_value(payload) != check {
+            break;
+        }
+        match bincode::serde::decode_from_slice::<JournalEntry, _>(payload, config) {
+            Ok((entry, used)) if used == len => entries.push(entry),
+            _ => break,
+        }
+        at = start + len;
+    }
+    (entries, at)
 }
 
 /// A decoded message and the descriptor that came with it, if its kind
@@ -138,12 +250,24 @@ pub struct Decoded<T> {
 /// Decode a request from a frame's payload (the bytes after the length
 /// prefix) and the descriptors that arrived with its first byte.
 pub fn decode_request(payload: &[u8], fds: Vec<OwnedFd>) -> Result<Decoded<Request>, FrameError> {
-    decode(payload, fds, Request::fd_count, Request::kind)
+    decode(
+        payload,
+        fds,
+        Request::fd_count,
+        Request::kind,
+        ("request", &Request::KINDS),
+    )
 }
 
 /// Decode a response; see [`decode_request`].
 pub fn decode_response(payload: &[u8], fds: Vec<OwnedFd>) -> Result<Decoded<Response>, FrameError> {
-    decode(payload, fds, Response::fd_count, Response::kind)
+    decode(
+        payload,
+        fds,
+        Response::fd_count,
+        Response::kind,
+        ("response", &Response::KINDS),
+    )
 }
 
 fn decode<T: DeserializeOwned>(
@@ -151,6 +275,7 @@ fn decode<T: DeserializeOwned>(
     mut fds: Vec<OwnedFd>,
     expected_fds: fn(&T) -> u8,
     kind: fn(&T) -> &'static str,
+    (what, kinds): (&str, &[&str]),
 ) -> Result<Decoded<T>, FrameError> {
     // On every error path `fds` is dropped, which closes each descriptor.
     let (&declared, body) = payload.split_first().ok_or(FrameError::Empty)?;
@@ -160,8 +285,26 @@ fn decode<T: DeserializeOwned>(
             received: fds.len(),
         });
     }
-    let (message, used): (T, usize) = bincode::serde::decode_from_slice(body, config())
-        .map_err(|e| FrameError::Decode(e.to_string()))?;
+    // The variant number comes first: an unknown one gets a sentence that
+    // names the kinds this side knows, not a decoder's internals.
+    if let Ok((variant, _)) = bincode::serde::decode_from_slice::<u32, _>(body, config()) {
+        if variant as usize >= kinds.len() {
+            return Err(FrameError::Decode(format!(
+                "unknown {what} kind {variant} (this side knows {} kinds, 0 to {}: {})",
+                kinds.len(),
+                kinds.len() - 1,
+                kinds.join(", ")
+            )));
+        }
+    }
+    let (message, used): (T, usize) =
+        bincode::serde::decode_from_slice(body, config()).map_err(|e| {
+            let kind = bincode::serde::decode_from_slice::<u32, _>(body, config())
+                .ok()
+                .and_then(|(n, _)| kinds.get(n as usize).copied())
+                .unwrap_or(what);
+            FrameError::Decode(format!("a '{kind}' {what} {}", describe(&e)))
+        })?;
     if used != body.len() {
         return Err(FrameError::TrailingBytes {
             extra: body.len() - used,
@@ -185,6 +328,7 @@ fn decode<T: DeserializeOwned>(
 mod tests {
     use super::*;
     use crate::message::*;
+    use crate::persisted::{SnapshotName, StoredVersion};
 
     fn payload(frame: &[u8]) -> &[u8] {
         let len = parse_header(frame[..4].try_into().unwrap()).unwrap();
@@ -212,12 +356,19 @@ mod tests {
                 version: Some(300),
             },
             Request::Status,
+            Request::Watch { prefix: "".into() },
+            Request::Stat {
+                name: "s".into(),
+                selector: Selector::Latest,
+            },
         ];
         for request in requests {
             let frame = encode_request(&request).unwrap();
             let decoded = decode_request(payload(&frame), Vec::new()).unwrap();
             assert_eq!(decoded.message, request);
             assert!(decoded.fd.is_none());
+            // The variant number is the kind's index in KINDS.
+            assert_eq!(Request::KINDS[payload(&frame)[1] as usize], request.kind());
         }
     }
 
@@ -307,19 +458,118 @@ mod tests {
 
     #[test]
     fn snapshot_round_trip_and_foreign_bytes() {
+        let info = AssetInfo {
+            name: "a".into(),
+            version: 3,
+            size: 1,
+            hash: [7; 32],
+            published_ms: 5,
+            publisher_uid: 1000,
+        };
         let snapshot = Snapshot {
-            format: 1,
+            format: SNAPSHOT_FORMAT,
             generation: 9,
+            forgotten: vec![(3, 12)],
             names: vec![SnapshotName {
                 name: "a".into(),
-                last_version: 3,
-                versions: vec![],
+                last_version: 4,
+                versions: vec![StoredVersion {
+                    info: info.clone(),
+                    owner: Some(0),
+                    charged: false,
+                }],
             }],
         };
         let bytes = encode_snapshot(&snapshot);
         assert_eq!(decode_snapshot(&bytes).unwrap(), snapshot);
         assert!(decode_snapshot(b"hello").is_err());
         assert!(decode_snapshot(&bytes[..bytes.len() - 1]).is_err());
+
+        // Format 1: tombstones go into the forgotten table, owners are
+        // unknown.
+        let old = SnapshotV1 {
+            format: 1,
+            generation: 3,
+            names: vec![
+                crate::persisted::SnapshotNameV1 {
+                    name: "a".into(),
+                    last_version: 4,
+                    versions: vec![info.clone()],
+                },
+                crate::persisted::SnapshotNameV1 {
+                    name: "gone".into(),
+                    last_version: 8,
+                    versions: vec![],
+                },
+            ],
+        };
+        let mut bytes = SNAPSHOT_MAGIC.to_vec();
+        bincode::serde::encode_into_std_write(&old, &mut bytes, bincode::config::standard())
+            .unwrap();
+        let upgraded = decode_snapshot(&bytes).unwrap();
+        let slot = crate::persisted::forgotten_slot("gone") as u32;
+        assert_eq!(upgraded.forgotten, [(slot, 8)]);
+        assert_eq!(upgraded.names.len(), 1);
+        assert_eq!(upgraded.names[0].versions[0].owner, None);
+    }
+
+    #[test]
+    fn journal_records_round_trip_and_a_torn_tail_is_dropped() {
+        let entries = [
+            JournalEntry::Removed {
+                name: "x".into(),
+                version: 2,
+            },
+            JournalEntry::Published(StoredVersion {
+                info: AssetInfo {
+                    name: "y".into(),
+                    version: 1,
+                    size: 3,
+                    hash: [1; 32],
+                    published_ms: 0,
+                    publisher_uid: 0,
+                },
+                owner: Some(7),
+                charged: true,
+            }),
+        ];
+        let mut journal = Vec::new();
+        for entry in &entries {
+            journal.extend(encode_journal_entry(entry));
+        }
+        let whole = journal.len();
+        assert_eq!(decode_journal(&journal), (entries.to_vec(), whole));
+        // A crash in the middle of the second record: only the first counts.
+        let first = encode_journal_entry(&entries[0]).len();
+        for cut in first..whole {
+            assert_eq!(
+                decode_journal(&journal[..cut]),
+                (entries[..1].to_vec(), first)
+            );
+        }
+        // A flipped bit fails the check.
+        journal[whole - 1] ^= 1;
+        assert_eq!(decode_journal(&journal).1, first);
+    }
+
+    #[test]
+    fn decoding_failures_read_as_sentences() {
+        let mut frame = vec![0u8];
+        frame.push(8); // no request kind 8
+        let err = decode_request(&frame, vec![]).unwrap_err().to_string();
+        assert!(err.contains("unknown request kind 8"), "{err}");
+        assert!(err.contains("hello, publish"), "{err}");
+        // A list request whose cursor option is marked 2.
+        let mut frame = vec![0u8, 4, 0, 2];
+        let err = decode_request(&frame, vec![]).unwrap_err().to_string();
+        assert!(err.contains("'list' request"), "{err}");
+        assert!(err.contains("optional field"), "{err}");
+        frame.truncate(3);
+        let err = decode_request(&frame, vec![]).unwrap_err().to_string();
+        assert!(err.contains("ends too early"), "{err}");
+        for text in ["OtherString", "UnexpectedVariant", "Option<T>"] {
+            assert!(!err.contains(text), "{err}");
+        }
     }
 
     #[test]

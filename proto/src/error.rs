@@ -33,8 +33,14 @@ pub enum FrameError {
         expected: u8,
         declared: u8,
     },
-    /// The payload is not a valid message.
+    /// The payload is not a valid message; the text says why, as a
+    /// sentence about the message.
     Decode(String),
+    /// A valid message arrived where the protocol does not allow it (a
+    /// second hello, anything before the hello).
+    Protocol(String),
+    /// A message could not be encoded.
+    Encode(String),
     /// The payload holds bytes after the end of the message.
     TrailingBytes { extra: usize },
     /// A message is too large to fit in a frame.
@@ -84,6 +90,8 @@ impl fmt::Display for FrameError {
                 "a '{kind}' message carries {expected} descriptor(s) but the frame declared {declared}"
             ),
             FrameError::Decode(why) => write!(f, "malformed message: {why}"),
+            FrameError::Protocol(why) => write!(f, "{why}"),
+            FrameError::Encode(why) => write!(f, "cannot encode a message: {why}"),
             FrameError::TrailingBytes { extra } => {
                 write!(f, "{extra} unexpected byte(s) after the message")
             }

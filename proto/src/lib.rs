@@ -25,6 +25,8 @@
 //! - [`name`]: which asset names are valid, and why.
 //! - [`paths`]: where the daemon's socket lives by default, resolved the same
 //!   way on both sides.
+//! - [`persisted`]: the catalog snapshot and journal the daemon keeps across
+//!   restarts (never sent over a socket).
 //!
 //! # The path of a fetch through this crate
 //!
@@ -42,13 +44,15 @@ pub mod error;
 pub mod message;
 pub mod name;
 pub mod paths;
+pub mod persisted;
 pub mod wire;
 
 pub use error::FrameError;
 pub use message::{
     AssetInfo, ErrorCode, ErrorReply, Event, Hash, Limits, PublishSource, Request, Response,
-    Selector, ServerStatus, Snapshot, SnapshotName,
+    Selector, ServerStatus,
 };
+pub use persisted::{JournalEntry, Snapshot, SnapshotName, StoredVersion};
 
 /// The protocol version this crate speaks. A peer that speaks another one is
 /// refused during the handshake with [`ErrorCode::UnsupportedVersion`].

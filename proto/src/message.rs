@@ -52,6 +52,12 @@ pub enum Request {
 }
 
 impl Request {
+    /// [`Request::kind`] of each variant, in wire order: index `n` is the
+    /// kind whose variant number is `n`.
+    pub const KINDS: [&'static str; 8] = [
+        "hello", "publish", "fetch", "stat", "list", "remove", "status", "watch",
+    ];
+
     /// How many descriptors must travel with this request.
     pub fn fd_count(&self) -> u8 {
         match self {
@@ -154,6 +160,21 @@ impl Event {
 }
 
 impl Response {
+    /// [`Response::kind`] of each variant, in wire order.
+    pub const KINDS: [&'static str; 11] = [
+        "welcome",
+        "continue",
+        "published",
+        "asset",
+        "info",
+        "listing",
+        "removed",
+        "status",
+        "error",
+        "watching",
+        "event",
+    ];
+
     /// How many descriptors must travel with this response.
     pub fn fd_count(&self) -> u8 {
         match self {
@@ -192,8 +213,8 @@ impl Response {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct AssetInfo {
     pub name: String,
-    /// Starts at 1 and grows by one with each publish of the name; never
-    /// reused, even after a remove.
+    /// Grows by one with each publish of the name and is never reused for
+    /// it, even after a remove (see PROTOCOL.md, "Versions").
     pub version: u64,
     /// Exact size in bytes; the memfd is never larger or smaller.
     pub size: u64,
@@ -299,29 +320,6 @@ impl fmt::Display for ErrorCode {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(self.as_str())
     }
-}
-
-/// The daemon's catalog as it persists it across restarts (in a sealed
-/// memfd kept in the service manager's fd store). Not sent over sockets.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Snapshot {
-    /// Bumped whenever the layout changes; a daemon refuses formats it
-    /// does not know instead of misreading them.
-    pub format: u32,
-    /// Increases with every rewrite; the newest readable one wins.
-    pub generation: u64,
-    pub names: Vec<SnapshotName>,
-}
-
-/// One name in a [`Snapshot`].
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct SnapshotName {
-    pub name: String,
-    /// The highest version ever given to the name, kept so numbers are
-    /// never reused even when no version is left.
-    pub last_version: u64,
-    /// Kept versions, oldest first.
-    pub versions: Vec<AssetInfo>,
 }
 
 /// Lower-case hexadecimal of a hash, as the CLI prints it.

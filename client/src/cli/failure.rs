@@ -109,7 +109,9 @@ impl Failure {
 impl From<Error> for Failure {
     fn from(error: Error) -> Failure {
         let status = match &error {
-            Error::Connect { .. } | Error::PeerRejected { .. } => Status::Unreachable,
+            Error::Connect { .. } | Error::PeerRejected { .. } | Error::UntrustedSocket { .. } => {
+                Status::Unreachable
+            }
             Error::Server { code, .. } => for_code(*code),
             Error::Handshake(HandshakeError::Refused { code, .. }) => for_code(*code),
             Error::Handshake(_)

@@ -12,6 +12,7 @@ pub fn run(client: &mut Client, out: &mut Output) -> Result<(), Failure> {
     let status = client.status()?;
     let limits = *client.limits();
     let socket = client.socket_path().display().to_string();
+    let reached = client.socket_choice().describe();
     let huge_pages = match ShmemHugePages::read() {
         Ok(setting) => setting.to_string(),
         Err(e) => format!("unknown ({e})"),
@@ -19,6 +20,7 @@ pub fn run(client: &mut Client, out: &mut Output) -> Result<(), Failure> {
     if out.json {
         return out.json(&json!({
             "socket": socket,
+            "socket_choice": reached,
             "server": status.server,
             "uptime_ms": status.uptime_ms,
             "names": status.names,
@@ -38,7 +40,7 @@ pub fn run(client: &mut Client, out: &mut Output) -> Result<(), Failure> {
     }
     let rows = [
         ("server", status.server.clone()),
-        ("socket", socket),
+        ("socket", format!("{socket} ({reached})")),
         (
             "uptime",
             human_duration(Duration::from_millis(status.uptime_ms)),

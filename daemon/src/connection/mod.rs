@@ -47,6 +47,7 @@ mod publish;
 mod unread;
 mod watching;
 
+pub use publish::USER_INGESTS;
 pub use unread::{unread_limit, UnreadLimit, MAX_UNREAD_REPLIES};
 
 /// Names listed per page: a page of the longest names stays well under
@@ -61,6 +62,8 @@ enum End {
     Peer(FrameError),
     /// A deadline passed.
     Timeout(&'static str),
+    /// The peer gave up on a request half-way; the text says what happened.
+    Abandoned(String),
     /// The daemon is shutting down.
     Shutdown,
 }
@@ -128,12 +131,20 @@ impl Connection {
     /// connection's slot instead of letting the peer reconnect and queue
     /// more.
     pub async fn run(mut self) {
-        match self.serve().await {
+        let why = match self.serve().await {
             Ok(()) | Err(End::Peer(FrameError::Closed)) | Err(End::Shutdown) => {
-                debug!(peer = %self.peer, "connection closed")
+                debug!(peer = %self.peer, "connection closed");
+                None
             }
-            Err(End::Timeout(what)) => info!(peer = %self.peer, "dropping client: {what}"),
-            Err(End::Peer(e)) => info!(peer = %self.peer, "dropping client: {e}"),
+            Err(End::Timeout(what)) => Some(what.to_owned()),
+            Err(End::Abandoned(what)) => Some(what),
+            Err(End::Peer(e)) => Some(e.to_string()),
+        };
+        if let Some(why) = why {
+            let exempt = self.store.policy().is_publisher(&self.peer);
+            if let Some(note) = self.store.log_budget().allow(&self.peer, exempt) {
+                info!(peer = %self.peer, "dropping client: {why}{note}");
+            }
         }
         self.linger().await;
     }
@@ -189,7 +200,7 @@ impl Connection {
             Ok(decoded) => match decoded.message {
                 Request::Hello { version, client } => (version, client),
                 other => {
-                    let e = FrameError::Decode(format!(
+                    let e = FrameError::Protocol(format!(
                         "expected a hello first, got a '{}' request",
                         other.kind()
                     ));
@@ -207,7 +218,7 @@ impl Connection {
                 None,
             )
             .await?;
-            return Err(End::Peer(FrameError::Decode(message)));
+            return Err(End::Peer(FrameError::Protocol(message)));
         }
         debug!(peer = %self.peer, client = %client.escape_debug(), "handshake");
         let budget = self.store.budget();
@@ -379,7 +390,7 @@ impl Connection {
     async fn handle(&mut self, request: Request, fd: Option<OwnedFd>) -> Result<(), End> {
         match request {
             Request::Hello { .. } => {
-                let e = FrameError::Decode("hello sent twice".into());
+                let e = FrameError::Protocol("hello sent twice".into());
                 Err(self.protocol_error(e).await)
             }
             Request::Publish { name, size, source } => self.publish(name, size, source, fd).await,
@@ -420,7 +431,10 @@ impl Connection {
                 }
                 let reply = match self.store.remove(&name, version) {
                     Ok(versions) => {
-                        info!(peer = %self.peer, name, ?version, "removed");
+                        let exempt = self.store.policy().is_publisher(&self.peer);
+                        if let Some(note) = self.store.log_budget().allow(&self.peer, exempt) {
+                            info!(peer = %self.peer, name, ?version, "removed{note}");
+                        }
                         Response::Removed { versions }
                     }
                     Err(e) => Response::error(e.code, e.message),
@@ -442,7 +456,9 @@ impl Connection {
             .policy()
             .check_write(&self.peer, action, name)
             .map_err(|why| {
-                info!(peer = %self.peer, name, "denied: {why}");
+                if let Some(note) = self.store.log_budget().allow(&self.peer, false) {
+                    info!(peer = %self.peer, name, "denied: {why}{note}");
+                }
                 Response::error(ErrorCode::PermissionDenied, why)
             })
     }

@@ -1,16 +1,28 @@
 //! Publishing: checks, the budget reservation, and the bytes, streamed
 //! over the socket or handed over as a descriptor.
+//!
+//! Every publish holds a budget reservation from before its memfd exists
+//! until its version is visible or it has failed, and that time is bounded
+//! on every path a client controls: a streamed upload must keep a minimum
+//! rate and finish within `upload_timeout`. A descriptor publish is read
+//! by a blocking thread, which a hostile file (one on a FUSE file system
+//! that never answers, say) could stall in the kernel for as long as it
+//! likes; the thread then keeps the reservation, so the budget stays
+//! honest, and users who are not publishers share a bounded number of
+//! such threads ([`USER_INGESTS`]), so they cannot take the ones the
+//! publishers need.
 
 use super::{Connection, End};
-use crate::blob::{self, StreamIngest};
+use crate::blob::{self, Blob, BlobWriter, IngestError, Ingested};
 use crate::policy::Write;
+use crate::store::Reservation;
 use memseal_proto::wire::recv_raw;
 use memseal_proto::{ErrorCode, FrameError, PublishSource, Response};
 use std::io;
 use std::os::fd::{AsFd, OwnedFd};
 use tokio::io::Interest;
 use tokio::time::Instant;
-use tracing::{debug, info, warn};
+use tracing::{debug, warn};
 
 /// Largest read of a streamed upload at once.
 const UPLOAD_CHUNK: usize = 1 << 20;
@@ -18,6 +30,11 @@ const UPLOAD_CHUNK: usize = 1 << 20;
 /// Bytes the progress deadline of an upload asks for: each 64 KiB (or the
 /// rest of the upload, if less) must arrive within the I/O timeout.
 const UPLOAD_PROGRESS: u64 = 64 << 10;
+
+/// Descriptor publishes that users who are not publishers may have in
+/// progress at once, all together: each takes a blocking thread, of which
+/// the runtime has 512.
+pub const USER_INGESTS: usize = 64;
 
 impl Connection {
     pub(super) async fn publish(
@@ -39,56 +56,106 @@ impl Connection {
         };
         let started = std::time::Instant::now();
         let outcome = match (source, fd) {
-            (PublishSource::Stream, None) => self.receive_stream(size).await?,
+            (PublishSource::Stream, None) => self
+                .receive_stream(&name, size)
+                .await?
+                .map(|blob| (blob, reservation)),
             (PublishSource::Descriptor, Some(fd)) => {
-                match tokio::task::spawn_blocking(move || blob::from_descriptor(fd, size)).await {
-                    Ok(Ok((blob, how))) => {
-                        debug!(?how, "descriptor ingested");
-                        Ok(blob)
-                    }
-                    Ok(Err(e)) => Err(Response::error(ErrorCode::InvalidSource, e.to_string())),
-                    Err(e) => Err(Response::error(
-                        ErrorCode::Internal,
-                        format!("ingest failed: {e}"),
-                    )),
-                }
+                self.ingest_descriptor(fd, size, exempt, reservation).await
             }
             // decode_request guarantees the descriptor matches the source.
             _ => Err(Response::error(
                 ErrorCode::ProtocolError,
-                "descriptor mismatch",
+                "the publish request's descriptor does not match its source",
             )),
         };
         match outcome {
-            Ok(blob) => {
+            Ok((blob, reservation)) => {
                 let info = self.store.publish(reservation, &name, blob);
-                info!(
-                    peer = %self.peer,
-                    name = %info.name,
-                    version = info.version,
-                    size = info.size,
-                    hash = %&memseal_proto::message::hash_to_hex(&info.hash)[..16],
-                    elapsed_ms = started.elapsed().as_millis() as u64,
-                    "published"
-                );
+                if let Some(note) = self.store.log_budget().allow(&self.peer, exempt) {
+                    tracing::info!(
+                        peer = %self.peer,
+                        name = %info.name,
+                        version = info.version,
+                        size = info.size,
+                        hash = %&memseal_proto::message::hash_to_hex(&info.hash)[..16],
+                        elapsed_ms = started.elapsed().as_millis() as u64,
+                        "published{note}"
+                    );
+                }
                 self.reply(Response::Published(info), None).await
             }
-            Err(reply) => {
-                drop(reservation);
-                self.reply(reply, None).await
+            Err(reply) => self.reply(reply, None).await,
+        }
+    }
+
+    /// Make a blob of a descriptor on a blocking thread that owns the
+    /// reservation until it is done (see the module documentation).
+    async fn ingest_descriptor(
+        &mut self,
+        fd: OwnedFd,
+        size: u64,
+        exempt: bool,
+        reservation: Reservation,
+    ) -> Result<(Blob, Reservation), Response> {
+        let permit = if exempt {
+            None
+        } else {
+            let slots = self.store.user_ingests();
+            let waited = tokio::time::timeout(self.config.io_timeout, slots.acquire_owned()).await;
+            match waited {
+                Ok(Ok(permit)) => Some(permit),
+                _ => {
+                    return Err(Response::error(
+                        ErrorCode::Busy,
+                        format!(
+                            "all {USER_INGESTS} descriptor publishes that users who are not \
+                             publishers may run at once are in progress; retry later"
+                        ),
+                    ))
+                }
             }
+        };
+        let publisher = self.peer.uid;
+        let work = tokio::task::spawn_blocking(move || {
+            let made = blob::from_descriptor(fd, size, publisher);
+            drop(permit);
+            (made, reservation)
+        });
+        match work.await {
+            Ok((Ok((blob, how)), reservation)) => {
+                match how {
+                    Ingested::Copied(Some(why)) => {
+                        debug!(peer = %self.peer, "copied a sealed memfd instead of adopting it: {why}")
+                    }
+                    how => debug!(peer = %self.peer, ?how, "descriptor ingested"),
+                }
+                Ok((blob, reservation))
+            }
+            Ok((Err(e), _)) => {
+                let code = match e {
+                    IngestError::Io(_) => ErrorCode::Internal,
+                    _ => ErrorCode::InvalidSource,
+                };
+                Err(Response::error(code, e.to_string()))
+            }
+            Err(e) => Err(Response::error(
+                ErrorCode::Internal,
+                format!("the daemon failed while reading the descriptor: {e}"),
+            )),
         }
     }
 
     /// Receive a streamed upload into a new memfd. The outer error ends the
     /// connection (the peer stalled or vanished: the partial memfd is
-    /// dropped with `ingest`); the inner one is a reply.
+    /// dropped with `writer`); the inner one is a reply.
     pub(super) async fn receive_stream(
         &mut self,
+        name: &str,
         size: u64,
-    ) -> Result<Result<blob::Blob, Response>, End> {
-        let mut ingest = match StreamIngest::new(size) {
-            Ok(ingest) => ingest,
+    ) -> Result<Result<Blob, Response>, End> {
+        let mut writer = match BlobWriter::new(size) {
+            Ok(writer) => writer,
             Err(e) => {
                 let message = format!("cannot create a memfd of {size} bytes: {e}");
                 warn!("{message}");
@@ -99,22 +166,41 @@ impl Connection {
         let mut buffer = vec![0u8; (size as usize).clamp(1, UPLOAD_CHUNK)];
         // A deadline per gap between reads would let a peer that sends a
         // byte now and then hold its slot, its reservation and a partial
-        // memfd forever; asking for steady progress does not.
-        let mut deadline = Instant::now() + self.config.io_timeout;
+        // memfd forever; asking for steady progress, and for the whole
+        // upload to end in time, does not.
+        let finish_by = Instant::now() + self.config.upload_timeout;
+        let mut deadline = (Instant::now() + self.config.io_timeout).min(finish_by);
         let mut owed = UPLOAD_PROGRESS.min(size);
-        while ingest.remaining() > 0 {
-            let want = (ingest.remaining() as usize).min(buffer.len());
-            let got = self.read_raw(&mut buffer[..want], deadline).await?;
-            if let Err(e) = ingest.write(&buffer[..got]) {
+        while writer.remaining() > 0 {
+            let want = (writer.remaining() as usize).min(buffer.len());
+            let received = size - writer.remaining();
+            let got = match self.read_raw(&mut buffer[..want], deadline).await {
+                Ok(0) => {
+                    return Err(End::Abandoned(format!(
+                        "the client closed the connection after sending {received} of the \
+                         {size} bytes of its upload of '{name}'; nothing was published"
+                    )))
+                }
+                Ok(got) => got,
+                Err(End::Timeout(_)) if Instant::now() >= finish_by => {
+                    return Err(End::Abandoned(format!(
+                        "the upload of '{name}' did not finish within {:?} ({received} of {size} \
+                         bytes received); nothing was published",
+                        self.config.upload_timeout
+                    )))
+                }
+                Err(other) => return Err(other),
+            };
+            if let Err(e) = writer.write(&buffer[..got]) {
                 return Err(End::Peer(FrameError::Io(e)));
             }
             owed = owed.saturating_sub(got as u64);
             if owed == 0 {
-                deadline = Instant::now() + self.config.io_timeout;
-                owed = UPLOAD_PROGRESS.min(ingest.remaining());
+                deadline = (Instant::now() + self.config.io_timeout).min(finish_by);
+                owed = UPLOAD_PROGRESS.min(writer.remaining());
             }
         }
-        match ingest.finish() {
+        match writer.finish() {
             Ok(blob) => Ok(Ok(blob)),
             Err(e) => {
                 let message = format!("cannot seal the new asset: {e}");
@@ -124,8 +210,9 @@ impl Connection {
         }
     }
 
-    /// Read some raw upload bytes, waiting at most until `deadline`.
-    /// Bytes that arrived together with the publish request come first.
+    /// Read some raw upload bytes, waiting at most until `deadline`; 0 when
+    /// the peer closed the connection. Bytes that arrived together with
+    /// the publish request come first.
     pub(super) async fn read_raw(
         &mut self,
         buffer: &mut [u8],
@@ -146,12 +233,6 @@ impl Connection {
                 }
             });
             match step {
-                Ok(Ok(0)) => {
-                    return Err(End::Peer(FrameError::Truncated {
-                        received: 0,
-                        expected: buffer.len(),
-                    }))
-                }
                 Ok(Ok(n)) => return Ok(n),
                 Ok(Err(e)) => return Err(End::Peer(e)),
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}

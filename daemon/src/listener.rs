@@ -94,9 +94,11 @@ fn bind(path: &Path, explicit: bool) -> Result<UnixListener, String> {
     match std::fs::symlink_metadata(path) {
         Ok(meta) if meta.file_type().is_socket() && meta.uid() == me.as_raw() => {
             match UnixStream::connect(path) {
-                Ok(_) => return Err(format!(
+                Ok(_) => {
+                    return Err(format!(
                     "another memseald is already serving {shown}; stop it first or pass --socket"
-                )),
+                ))
+                }
                 Err(_) => std::fs::remove_file(path)
                     .map_err(|e| format!("cannot remove the stale socket {shown}: {e}"))?,
             }

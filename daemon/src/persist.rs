@@ -126,13 +126,10 @@ impl FdStore {
     }
 
     fn apply(&self, store: &Store, changes: &[Change]) {
-        let dropped: Vec<String> = changes
-            .iter()
-            .filter_map(|change| match change {
-                Change::BlobDropped(blob) => Some(blob_name(&blob.key())),
-                _ => None,
-            })
-            .collect();
+        let dropped = blob_names(changes, |change| match change {
+            Change::BlobDropped(blob) => Some(blob),
+            _ => None,
+        });
         let mut records = Vec::new();
         for change in changes {
             match change {
@@ -177,17 +174,23 @@ impl FdStore {
             }
         }
         drop(current);
-        let added: Vec<String> = changes
-            .iter()
-            .filter_map(|change| match change {
-                Change::BlobAdded(blob) => Some(blob_name(&blob.key())),
-                _ => None,
-            })
-            .collect();
+        let added = blob_names(changes, |change| match change {
+            Change::BlobAdded(blob) => Some(blob),
+            _ => None,
+        });
         for name in dropped.iter().filter(|name| !added.contains(name)) {
             remove_fd(name);
         }
     }
+}
+
+/// The store names of the blobs that `pick` selects from `changes`.
+fn blob_names(changes: &[Change], pick: impl Fn(&Change) -> Option<&Arc<Blob>>) -> Vec<String> {
+    changes
+        .iter()
+        .filter_map(pick)
+        .map(|blob| blob_name(&blob.key()))
+        .collect()
 }
 
 fn stored_version(version: &Version) -> StoredVersion {

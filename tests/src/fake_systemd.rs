@@ -236,6 +236,23 @@ impl FakeSystemd {
         names
     }
 
+    /// Bytes held by the stored descriptors whose names start with
+    /// `prefix` (their file sizes).
+    pub fn stored_bytes(&self, prefix: &str) -> u64 {
+        self.inbox
+            .pump()
+            .store
+            .iter()
+            .filter(|(name, _)| name.starts_with(prefix))
+            .map(|(_, fd)| rustix::fs::fstat(fd).map_or(0, |st| st.st_size as u64))
+            .sum()
+    }
+
+    /// The running daemon's process id.
+    pub fn pid(&self) -> u32 {
+        self.child.as_ref().expect("running").id()
+    }
+
     /// Replace the descriptor stored under `name` (or add one).
     pub fn put(&self, name: &str, fd: OwnedFd) {
         let mut state = self.inbox.pump();

@@ -46,6 +46,8 @@ pub struct DaemonBuilder {
     /// A program (and its arguments) that runs the daemon, such as
     /// `prlimit --nofile=64:64`; it must exec memseald in its own process.
     wrapper: Vec<String>,
+    /// Run the daemon as this uid (and gid) instead of the test's user.
+    user: Option<u32>,
 }
 
 impl DaemonBuilder {
@@ -73,6 +75,21 @@ impl DaemonBuilder {
         self
     }
 
+    /// Run the daemon as `uid` (gid the same, no supplementary groups),
+    /// through `setpriv`; its directory is given to that user. Needs root.
+    pub fn run_as(mut self, uid: u32) -> Self {
+        self.user = Some(uid);
+        self.wrapper = [
+            "setpriv".to_owned(),
+            format!("--reuid={uid}"),
+            format!("--regid={uid}"),
+            "--clear-groups".to_owned(),
+            "--".to_owned(),
+        ]
+        .into();
+        self
+    }
+
     /// The command that starts the daemon, wrapper included.
     fn command(&self) -> Command {
         match self.wrapper.split_first() {
@@ -91,6 +108,16 @@ impl DaemonBuilder {
         self
     }
 
+    /// Start it with its socket in `dir` (given explicitly, as `--socket`
+    /// would be), and wait until it serves.
+    pub fn start_in(self, dir: &Path) -> Daemon {
+        let own = tempfile::Builder::new()
+            .prefix("memseal-test-")
+            .tempdir()
+            .expect("temporary directory");
+        Daemon::spawn(self, own, dir.join("memseald.sock"))
+    }
+
     /// Start it and wait until it serves.
     pub fn start(self) -> Daemon {
         let dir = tempfile::Builder::new()
@@ -98,6 +125,11 @@ impl DaemonBuilder {
             .tempdir()
             .expect("temporary directory");
         let socket = dir.path().join("memseald.sock");
+        if let Some(uid) = self.user {
+            let owner = Some(rustix::process::Uid::from_raw(uid));
+            let group = Some(rustix::process::Gid::from_raw(uid));
+            rustix::fs::chown(dir.path(), owner, group).expect("give the daemon its directory");
+        }
         Daemon::spawn(self, dir, socket)
     }
 }
@@ -207,15 +239,30 @@ impl Daemon {
         fs::read_to_string(&self.log).unwrap_or_default()
     }
 
+    /// How to connect to this daemon: its socket, and its uid when it
+    /// runs as another user than the test's.
+    pub fn connect_options(&self) -> memseal::ConnectOptions {
+        let options = memseal::ConnectOptions::new().socket(&self.socket);
+        match self.builder.user {
+            Some(uid) => options.expect_server_uid(uid),
+            None => options,
+        }
+    }
+
     /// A connected client library handle.
     pub fn client(&self) -> memseal::Client {
-        memseal::Client::connect_to(&self.socket).expect("connect to memseald")
+        self.connect_options()
+            .connect()
+            .expect("connect to memseald")
     }
 
     /// The `memseal` CLI, pointed at this daemon.
     pub fn cli(&self) -> Command {
         let mut command = Command::new(bin("memseal"));
         command.arg("--socket").arg(&self.socket);
+        if let Some(uid) = self.builder.user {
+            command.arg("--server-uid").arg(uid.to_string());
+        }
         command.env_remove("MEMSEAL_SOCKET");
         command
     }
@@ -229,12 +276,7 @@ impl Daemon {
 
     /// The daemon's resident set size, in KiB.
     pub fn rss_kib(&self) -> u64 {
-        let status = fs::read_to_string(format!("/proc/{}/status", self.pid())).unwrap_or_default();
-        status
-            .lines()
-            .find_map(|l| l.strip_prefix("VmRSS:"))
-            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-            .unwrap_or(0)
+        rss_kib_of(self.pid())
     }
 
     /// Poll `condition` for up to `timeout`; true if it became true.
@@ -344,6 +386,28 @@ pub fn pattern(len: usize, seed: u64) -> Vec<u8> {
 /// True when the tests run as root (CI does); privileged tests need it.
 pub fn is_root() -> bool {
     rustix::process::geteuid().is_root()
+}
+
+/// A command that runs `program` as `uid` (gid the same, no
+/// supplementary groups), through `setpriv`. Needs root.
+pub fn as_user(uid: u32, program: &Path) -> Command {
+    let mut command = Command::new("setpriv");
+    command
+        .arg(format!("--reuid={uid}"))
+        .arg(format!("--regid={uid}"))
+        .args(["--clear-groups", "--"])
+        .arg(program);
+    command
+}
+
+/// The resident set size of process `pid`, in KiB.
+pub fn rss_kib_of(pid: u32) -> u64 {
+    let status = fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .unwrap_or(0)
 }
 
 /// Say loudly that a test was skipped, and why. Where every test must run

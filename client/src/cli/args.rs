@@ -11,10 +11,19 @@ use std::path::PathBuf;
 #[command(name = "memseal", version, after_help = EXIT_STATUS_HELP)]
 pub struct Cli {
     /// The daemon's socket. Default: /run/memseal/memseald.sock for root;
-    /// $XDG_RUNTIME_DIR/memseal/memseald.sock (or /tmp/memseal-UID/memseald.sock)
-    /// for other users.
+    /// for other users their own daemon's socket,
+    /// $XDG_RUNTIME_DIR/memseal/memseald.sock (or
+    /// /tmp/memseal-UID/memseald.sock), if it exists and belongs to them,
+    /// else the system service's /run/memseal/memseald.sock. `memseal
+    /// status` shows which one was reached.
     #[arg(long, global = true, env = "MEMSEAL_SOCKET", value_name = "PATH")]
     pub socket: Option<PathBuf>,
+
+    /// Trust only a daemon running as UID (by default: root or yourself on
+    /// a named socket, yourself on your own per-user socket, root or the
+    /// service's user on the system socket).
+    #[arg(long, global = true, value_name = "UID")]
+    pub server_uid: Option<u32>,
 
     /// Print results as JSON instead of text (`get` always writes the raw bytes).
     #[arg(long, global = true)]

@@ -83,6 +83,9 @@ fn run(cli: &Cli) -> Result<(), Failure> {
 fn connect(cli: &Cli) -> Result<Client, Failure> {
     let mut options =
         ConnectOptions::new().client_name(concat!("memseal-cli/", env!("CARGO_PKG_VERSION")));
+    if let Some(uid) = cli.server_uid {
+        options = options.expect_server_uid(uid);
+    }
     if let Some(socket) = &cli.socket {
         options = options.socket(socket);
     }

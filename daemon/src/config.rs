@@ -78,7 +78,7 @@ pub struct Args {
     pub max_blobs: Option<u64>,
 
     /// Kept versions over all names: bounds the catalog's memory and the
-    /// size of its persisted snapshot [default: 1000000]
+    /// size of its persisted snapshot [default: 200000]
     #[arg(long, value_name = "N")]
     pub max_versions: Option<u64>,
 
@@ -328,7 +328,10 @@ impl Config {
             max_bytes_per_uid,
             max_assets_per_uid,
             max_blobs: args.max_blobs.or(file.max_blobs).unwrap_or(4000),
-            max_versions: args.max_versions.or(file.max_versions).unwrap_or(1_000_000),
+            max_versions: args
+                .max_versions
+                .or(file.max_versions)
+                .unwrap_or(DEFAULT_MAX_VERSIONS),
             publisher_reserve,
             assets_dir,
             policy: file.policy,
@@ -351,6 +354,11 @@ const DEFAULT_TIMEOUT: Duration = Duration::from_secs(10);
 /// the daemon a sealed memfd instead, which holds no reservation while it
 /// fills.
 const DEFAULT_UPLOAD_TIMEOUT: Duration = Duration::from_secs(300);
+
+/// Kept versions over all names when nothing else is set: about 600 bytes
+/// of memory and 350 of snapshot each at most, so the catalog stays within
+/// about 120 MiB and its snapshot far below the restore limit.
+pub const DEFAULT_MAX_VERSIONS: u64 = 200_000;
 
 /// The share of each global limit that only publishers may use, in percent:
 /// however many other users there are, the publishers keep a quarter.

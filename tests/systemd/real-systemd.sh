@@ -14,7 +14,8 @@
 #   5. an asset configured in /etc/memseal/assets.d is served, and
 #      `systemctl reload` serves a new version of it after its file changed;
 #   6. the access policy: a plain user may publish only under user/<uid>/,
-#      a member of the group memseal may publish anywhere, anyone may fetch;
+#      a member of the group memseal may publish anywhere, anyone may fetch,
+#      and a plain user told nothing reaches the system service;
 #   7. `systemctl stop` ends the daemon cleanly while the socket stays;
 #   8. the next connection after a stop starts the daemon again.
 #
@@ -217,10 +218,11 @@ all_assets_intact() {
 store_size_is() { [[ $(prop "$SERVICE" NFileDescriptorStore) == "$1" ]]; }
 
 store_holds_all() {
-    local want=$((${#tracked[@]} + 1))
+    # One memfd per distinct asset, the catalog snapshot and its journal.
+    local want=$((${#tracked[@]} + 2))
     if ! wait_for 5 store_size_is "$want"; then
         fail "NFileDescriptorStore is $(prop "$SERVICE" NFileDescriptorStore), expected $want" \
-            "(${#tracked[@]} distinct assets + the catalog)"
+            "(${#tracked[@]} distinct assets + the catalog snapshot and its journal)"
         return 1
     fi
     detail="${tracked[*]} intact; NFileDescriptorStore=$want"
@@ -343,6 +345,19 @@ check_policy() {
     [[ $(file_sha /tmp/alice-shared.out) == $(file_sha /tmp/shared.txt) ]] ||
         fail "shared/x fetched by uid $ALICE_UID differs from the published file" || return 1
     expect_exit 4 "$ALICE_UID" get shared/nothing-here || return 1
+    # Told nothing (no --socket, no MEMSEAL_SOCKET, no per-user daemon), a
+    # plain user finds the system service.
+    local found reached
+    found=$(inside timeout "$CALL_TIMEOUT" setpriv --reuid="$ALICE_UID" --regid="$ALICE_UID" \
+        --init-groups env -u MEMSEAL_SOCKET -u XDG_RUNTIME_DIR memseal get shared/x) ||
+        fail "uid $ALICE_UID's default 'memseal get' did not reach the system service" || return 1
+    [[ $found == "for everyone" ]] ||
+        fail "uid $ALICE_UID's default 'memseal get' printed '$found'" || return 1
+    reached=$(inside timeout "$CALL_TIMEOUT" setpriv --reuid="$ALICE_UID" --regid="$ALICE_UID" \
+        --init-groups env -u MEMSEAL_SOCKET -u XDG_RUNTIME_DIR memseal status) ||
+        fail "uid $ALICE_UID's default 'memseal status' failed" || return 1
+    grep -q "the system service" <<<"$reached" ||
+        fail "memseal status did not say it reached the system service: $reached" || return 1
 }
 
 check_stop() {
@@ -405,10 +420,10 @@ run_checks() {
     fi
     record 1 "first connection socket-activates $SERVICE" check_activation
     record 2 "publish 0 B, 5 KiB, 3 MiB assets; fetched back identical" check_publish
-    record 3 "systemctl restart keeps every asset, version and hash; fd store = blobs + 1" check_restart
-    record 4 "SIGKILL -> automatic restart keeps every asset; fd store = blobs + 1" check_crash
+    record 3 "systemctl restart keeps every asset, version and hash; fd store = blobs + 2" check_restart
+    record 4 "SIGKILL -> automatic restart keeps every asset; fd store = blobs + 2" check_crash
     record 5 "assets.d asset served; changed file + systemctl reload -> new version" check_reload
-    record 6 "policy: user/<uid>/ only for plain users, anything for group memseal, fetch for all" check_policy
+    record 6 "policy: user/<uid>/ only for plain users, anything for group memseal, fetch for all; a plain user finds the system service unasked" check_policy
     record 7 "systemctl stop exits cleanly; the socket stays with $SOCKET_UNIT" check_stop
     record 8 "the next connection after a stop starts the daemon again" check_reactivation
 

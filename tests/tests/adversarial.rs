@@ -219,13 +219,7 @@ fn open_to_everyone(daemon: &Daemon) {
 
 /// A command that runs `program` as nobody, with no supplementary groups.
 fn as_nobody(program: &Path) -> Command {
-    let mut command = Command::new("setpriv");
-    command
-        .arg(format!("--reuid={NOBODY}"))
-        .arg(format!("--regid={NOBODY}"))
-        .args(["--clear-groups", "--"])
-        .arg(program);
-    command
+    memseal_tests::as_user(NOBODY, program)
 }
 
 /// Run the `memseal` CLI as nobody against the daemon.

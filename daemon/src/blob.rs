@@ -119,6 +119,12 @@ impl Blob {
         sealed && fstat(&self.fd).is_ok_and(|st| st.st_size as u64 == self.size)
     }
 
+    /// A new read-only open file description of the blob's inode, opened
+    /// by the daemon (see [`crate::descriptions`]).
+    pub fn reopen(&self) -> io::Result<OwnedFd> {
+        reopen_read_only(&self.fd)
+    }
+
     /// The same bytes in a new memfd of the daemon's own: for content that
     /// must no longer depend on an inode a user owns.
     pub fn copy_owned(&self) -> Result<Blob, IngestError> {

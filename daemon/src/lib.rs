@@ -10,6 +10,8 @@
 //! - [`store`]: the state connections share (catalog, policy, counters).
 //! - [`catalog`]: names, versions, deduplicated blobs and the byte budget.
 //! - [`blob`]: making sealed memfds from uploads, files and adopted memfds.
+//! - [`descriptions`]: the read-only descriptions readers receive, one per
+//!   connection, so no reader can move another's offset or flags.
 //! - [`policy`]: who may publish and remove which names.
 //! - [`log_budget`]: how many lines about clients' requests are logged.
 //! - [`notify`]: readiness, status and watchdog for the service manager.
@@ -41,6 +43,7 @@ pub mod blob;
 pub mod catalog;
 pub mod config;
 pub mod connection;
+pub mod descriptions;
 pub mod listener;
 pub mod log_budget;
 pub mod notify;

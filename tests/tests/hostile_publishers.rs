@@ -771,3 +771,37 @@ fn protocol_errors_and_aborted_uploads_read_as_sentences() {
         Some(ErrorCode::NotFound)
     );
 }
+
+// ---------------------------------------------------------------------------
+// Readers do not share a file description.
+
+/// A reader that moves the offset of the descriptor it received, or sets
+/// its status flags, changes nothing for any other reader: every
+/// connection gets a description of its own.
+#[test]
+fn a_reader_cannot_move_another_readers_offset_or_flags() {
+    let daemon = Daemon::start();
+    let mut publisher = daemon.client();
+    publisher
+        .publish_bytes("shared/table", &pattern(10_000, 5))
+        .unwrap();
+    let mut first = daemon.client();
+    let mine = first.fetch("shared/table").unwrap().into_fd();
+    rustix::fs::seek(&mine, rustix::fs::SeekFrom::Start(4096)).unwrap();
+    rustix::fs::fcntl_setfl(&mine, OFlags::APPEND | OFlags::NONBLOCK).unwrap();
+    // The same connection fetching again gets its own description back.
+    let again = first.fetch("shared/table").unwrap().into_fd();
+    assert_eq!(rustix::fs::tell(&again).unwrap(), 4096);
+    let mut second = daemon.client();
+    let theirs = second.fetch("shared/table").unwrap().into_fd();
+    assert_eq!(rustix::fs::tell(&theirs).unwrap(), 0);
+    let flags = rustix::fs::fcntl_getfl(&theirs).unwrap();
+    assert!(
+        !flags.intersects(OFlags::APPEND | OFlags::NONBLOCK),
+        "{flags:?}"
+    );
+    assert_eq!(
+        rustix::fs::fstat(&theirs).unwrap().st_ino,
+        rustix::fs::fstat(&mine).unwrap().st_ino
+    );
+}

@@ -26,6 +26,7 @@
 
 use crate::catalog::CatalogError;
 use crate::config::Config;
+use crate::descriptions::Descriptions;
 use crate::policy::{Peer, Write};
 use crate::store::Store;
 use crate::sys;
@@ -96,6 +97,8 @@ pub struct Connection {
     unchecked_sends: std::sync::atomic::AtomicUsize,
     /// Turns true when the daemon stops.
     shutdown: watch::Receiver<bool>,
+    /// The read-only descriptions this connection's fetches hand out.
+    descriptions: Descriptions,
 }
 
 impl Connection {
@@ -117,6 +120,7 @@ impl Connection {
             unread_limit,
             unchecked_sends: std::sync::atomic::AtomicUsize::new(0),
             shutdown,
+            descriptions: Descriptions::default(),
         }
     }
 
@@ -131,7 +135,11 @@ impl Connection {
     /// connection's slot instead of letting the peer reconnect and queue
     /// more.
     pub async fn run(mut self) {
-        let why = match self.serve().await {
+        let served = self.serve().await;
+        // What was sent stays valid; the daemon's copies go now, not when
+        // a lingering socket finally closes.
+        self.descriptions.clear();
+        let why = match served {
             Ok(()) | Err(End::Peer(FrameError::Closed)) | Err(End::Shutdown) => {
                 debug!(peer = %self.peer, "connection closed");
                 None
@@ -463,12 +471,15 @@ impl Connection {
             })
     }
 
-    async fn fetch(&self, name: &str, selector: Selector) -> Result<(), End> {
+    async fn fetch(&mut self, name: &str, selector: Selector) -> Result<(), End> {
         match self.store.fetch(name, selector) {
             Ok((info, blob)) => {
                 // `blob` keeps the memfd open until the reply is sent, even if
-                // the version is removed meanwhile.
-                self.reply(Response::Asset(info), Some(blob.fd())).await
+                // the version is removed meanwhile; the reader gets a
+                // description of its own uid's.
+                let own = self.descriptions.of(&blob);
+                let fd = own.as_deref().map_or(blob.fd(), |fd| fd.as_fd());
+                self.reply(Response::Asset(info), Some(fd)).await
             }
             Err(e) => self.reply_error(e).await,
         }

@@ -6,7 +6,6 @@ use crate::error::Error;
 use crate::protocol;
 use crate::watch::Watcher;
 use memseal_proto::paths::{client_socket, socket_dir_owner, SocketChoice};
-use rustix::net::sockopt::socket_peercred;
 use std::os::fd::BorrowedFd;
 use std::os::unix::net::UnixStream;
 use std::path::PathBuf;
@@ -191,8 +190,7 @@ impl ConnectOptions {
                 service_uid: socket_dir_owner(path),
             },
         };
-        let peer = socket_peercred(socket).map_err(|e| Error::Io(e.into()))?;
-        let uid = peer.uid.as_raw();
+        let uid = crate::peer::peer_uid(socket).map_err(Error::Io)?;
         if !policy.allows(uid) {
             return Err(Error::PeerRejected {
                 uid,

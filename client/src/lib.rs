@@ -39,9 +39,10 @@
 //! - [`MapOptions`]: how a fetched asset is brought into memory: populated
 //!   up front, with access advice, aligned for huge pages, or copied when
 //!   small. [`ShmemHugePages`] tells whether the host allows huge pages.
-//! - `map`: the `mmap`, `madvise` and `munmap` calls, the crate's only
-//!   `unsafe` code besides the calls into it that the verification makes
-//!   once its checks have passed: a private mapping, unmapped on drop.
+//! - `map`: the `mmap`, `madvise` and `munmap` calls, the crate's
+//!   `unsafe` code together with `peer` (`SO_PEERCRED`) and the calls into
+//!   `map` that the verification makes once its checks have passed: a
+//!   private mapping, unmapped on drop.
 //! - [`Asset`]: a fetched asset, its metadata and its mapped bytes;
 //!   [`PrivateCopy`]: the same mapped copy-on-write, writable in place.
 //! - [`Watcher`]: a subscription to the changes under a prefix, on a
@@ -78,6 +79,7 @@ mod connection;
 mod error;
 mod map;
 mod options;
+mod peer;
 mod private;
 mod protocol;
 mod verify;

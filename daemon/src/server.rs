@@ -262,12 +262,12 @@ fn refuse_busy(stream: &UnixStream, message: String) {
 }
 
 fn peer_of(stream: &UnixStream) -> io::Result<Peer> {
-    let cred = rustix::net::sockopt::socket_peercred(stream)?;
+    let cred = crate::sys::peer_credentials(stream.as_fd())?;
     let groups = crate::sys::peer_groups(stream.as_fd()).unwrap_or_default();
     Ok(Peer {
-        pid: cred.pid.as_raw_nonzero().get(),
-        uid: cred.uid.as_raw(),
-        gid: cred.gid.as_raw(),
+        pid: cred.pid,
+        uid: cred.uid,
+        gid: cred.gid,
         groups,
     })
 }

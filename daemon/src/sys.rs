@@ -1,6 +1,9 @@
 //! The daemon's only `unsafe` code: a short-lived writable mapping that
-//! lets a new memfd of the daemon's own be backed by huge pages, two
-//! socket queries that rustix does not wrap, and taking ownership of
+//! lets a new memfd of the daemon's own be backed by huge pages, three
+//! socket queries that rustix does not wrap (or, for `SO_PEERCRED`, wraps
+//! unsoundly: its `UCred` holds the pid as a non-zero `Pid`, and the kernel
+//! reports pid 0 for a peer in a PID namespace the daemon cannot see, such
+//! as a client in another container), and taking ownership of
 //! descriptors the service manager passed.
 //!
 //! Each function is a small safe wrapper; callers never see a raw pointer.
@@ -8,6 +11,29 @@
 
 use std::io;
 use std::os::fd::{AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
+
+/// A Unix socket peer's credentials (`SO_PEERCRED`) as they were when it
+/// connected: pid (0 when the peer's PID namespace is not visible from
+/// ours), uid and gid, as seen in the daemon's namespaces.
+pub fn peer_credentials(socket: BorrowedFd<'_>) -> io::Result<libc::ucred> {
+    let mut cred = libc::ucred { pid: 0, uid: 0, gid: 0 };
+    let mut len = std::mem::size_of::<libc::ucred>() as libc::socklen_t;
+    // SAFETY: `cred` is a writable ucred of exactly `len` bytes, and every
+    // bit pattern is a valid ucred.
+    let rc = unsafe {
+        libc::getsockopt(
+            socket.as_raw_fd(),
+            libc::SOL_SOCKET,
+            libc::SO_PEERCRED,
+            (&mut cred as *mut libc::ucred).cast(),
+            &mut len,
+        )
+    };
+    if rc != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(cred)
+}
 
 /// The supplementary groups of a Unix socket's peer (`SO_PEERGROUPS`), as
 /// they were when it connected.

@@ -224,6 +224,12 @@ class SafeTensorsFile:
         self.sealed = sealed
         try:
             self.header = parse_header(sealed.view)
+        except HeaderError as e:
+            sealed.close()
+            # The traceback and the context hold parse_header's frames, and
+            # with them a view that would keep the refused mapping alive.
+            e.__context__ = None
+            raise e.with_traceback(None)
         except BaseException:
             sealed.close()
             raise

@@ -1,0 +1,67 @@
+"""What /proc says about a process: its mappings, descriptors and Pss.
+
+Shared by the tests and the benchmark (bench/python/workers.py).
+"""
+
+from __future__ import annotations
+
+import os
+
+
+def mapped_inode(inode: int) -> int:
+    """How many mappings of this process show the file with this inode."""
+    count = 0
+    with open("/proc/self/maps") as maps:
+        for line in maps:
+            fields = line.split()
+            if len(fields) >= 5 and fields[4] == str(inode) and "memfd:" in line:
+                count += 1
+    return count
+
+
+def open_fds_of(inode: int) -> int:
+    """How many descriptors of this process refer to the file with this inode."""
+    count = 0
+    for entry in os.listdir("/proc/self/fd"):
+        try:
+            if os.stat("/proc/self/fd/" + entry).st_ino == inode:
+                count += 1
+        except OSError:
+            pass
+    return count
+
+
+def pss_kib(pid: int) -> int:
+    """The proportional set size of process ``pid``, in KiB: each page
+    counted once in total across every process that maps it."""
+    with open("/proc/%d/smaps_rollup" % pid) as rollup:
+        for line in rollup:
+            if line.startswith("Pss:"):
+                return int(line.split()[1])
+    raise RuntimeError("no Pss line in /proc/%d/smaps_rollup" % pid)
+
+
+def memfds_open() -> int:
+    """How many descriptors of this process refer to a memfd."""
+    count = 0
+    for entry in os.listdir("/proc/self/fd"):
+        try:
+            if os.readlink("/proc/self/fd/" + entry).startswith("/memfd:"):
+                count += 1
+        except OSError:
+            pass
+    return count
+
+
+def mapping_rss_kib(inode: int) -> int:
+    """Resident KiB of this process's mappings of the file with this inode."""
+    total = 0
+    current = False
+    with open("/proc/self/smaps") as smaps:
+        for line in smaps:
+            fields = line.split()
+            if "-" in fields[0] and len(fields) >= 5:
+                current = fields[4] == str(inode)
+            elif current and fields[0] == "Rss:":
+                total += int(fields[1])
+    return total

@@ -31,6 +31,9 @@ class Daemon:
     def __init__(self, args: Sequence[str] = (), wrapper: Sequence[str] = (), socket_path: Optional[Path] = None):
         self._dir = tempfile.TemporaryDirectory(prefix="memseal-py-")
         self.dir = Path(self._dir.name)
+        if wrapper:
+            # A daemon started as another user must be able to read its settings.
+            os.chmod(self.dir, 0o755)
         self.socket = socket_path or self.dir / "memseald.sock"
         config = self.dir / "memseald.toml"
         config.write_text("")

@@ -31,14 +31,20 @@ def open_fds_of(inode: int) -> int:
     return count
 
 
-def pss_kib(pid: int) -> int:
-    """The proportional set size of process ``pid``, in KiB: each page
-    counted once in total across every process that maps it."""
+def memory_pss_kib(pid: int) -> int:
+    """The anonymous and shared-memory Pss of process ``pid``, in KiB:
+    heap and private copies, memfd and tmpfs mappings, each shared page
+    divided among the processes that map it. File-backed mappings
+    (programs and libraries) are left out."""
+    fields = {}
     with open("/proc/%d/smaps_rollup" % pid) as rollup:
         for line in rollup:
-            if line.startswith("Pss:"):
-                return int(line.split()[1])
-    raise RuntimeError("no Pss line in /proc/%d/smaps_rollup" % pid)
+            key, _, value = line.partition(":")
+            if key in ("Pss_Anon", "Pss_Shmem"):
+                fields[key] = int(value.split()[0])
+    if len(fields) != 2:
+        raise RuntimeError("/proc/%d/smaps_rollup lacks Pss_Anon or Pss_Shmem (kernel too old?)" % pid)
+    return sum(fields.values())
 
 
 def memfds_open() -> int:

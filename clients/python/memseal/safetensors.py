@@ -33,6 +33,8 @@ import struct
 from dataclasses import dataclass
 from typing import Any, Dict, Iterator, List, Optional, Tuple
 
+from . import _numpy  # noqa: F401 - first, for its advice when numpy is missing
+
 import numpy
 import numpy.typing
 

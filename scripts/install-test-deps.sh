@@ -3,9 +3,9 @@
 #
 # The tests run real things: systemd's own tools (systemd-analyze to check
 # the unit files, systemd-socket-activate to pass a listening socket exactly
-# as systemd does), setpriv to drop to an unprivileged user, python3 for the
-# second-language client, and, for the real-systemd test, systemd-nspawn and
-# debootstrap. Anything missing is installed from the distribution's
+# as systemd does), setpriv to drop to an unprivileged user, unshare for a
+# private /run, python3 (with venv) for the second-language client, and,
+# for the real-systemd test, systemd-nspawn and debootstrap. Anything missing is installed from the distribution's
 # packages when running as root; otherwise the missing tools are listed and
 # the tests that need them say so.
 set -euo pipefail
@@ -15,6 +15,7 @@ declare -A package_of=(
     [systemd-socket-activate]=systemd
     [setpriv]=util-linux
     [prlimit]=util-linux
+    [unshare]=util-linux
     [python3]=python3
     [systemd-nspawn]=systemd-container
     [debootstrap]=debootstrap
@@ -24,6 +25,11 @@ missing=()
 for tool in "${!package_of[@]}"; do
     command -v "$tool" >/dev/null 2>&1 || missing+=("${package_of[$tool]}")
 done
+# The Python package's tests run in a virtual environment (scripts/python-env.sh);
+# Debian ships venv and ensurepip separately.
+if command -v python3 >/dev/null 2>&1 && ! python3 -c 'import ensurepip, venv' >/dev/null 2>&1; then
+    missing+=(python3-venv)
+fi
 if ((${#missing[@]} == 0)); then
     exit 0
 fi

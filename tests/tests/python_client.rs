@@ -6,8 +6,11 @@
 //! test runs small Python scripts with the client importable, and passes
 //! bytes to compare through files in the daemon's private directory.
 //!
-//! Python 3.8 or newer must be on PATH as `python3`; without it every test
-//! here fails and says so, rather than passing by skipping.
+//! The package runs from its source directory (`PYTHONPATH`), so these
+//! tests need no virtual environment: its core is standard-library Python.
+//! Python 3.9 or newer must be on PATH as `python3`; without it every test
+//! here fails and says so, rather than passing by skipping. The package's
+//! own pytest suite (`clients/python/tests`) covers numpy and safetensors.
 
 use memseal::{ErrorCode, Selector};
 use memseal_proto::codec::encode_request;
@@ -22,7 +25,7 @@ use std::process::{Child, Command, Output, Stdio};
 use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
-/// The directory holding `memseal.py` and `example_reader.py`.
+/// The directory holding the `memseal` package and `example_reader.py`.
 fn python_client_dir() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))
         .join("..")
@@ -32,21 +35,21 @@ fn python_client_dir() -> PathBuf {
 
 /// Fail loudly, in every test, if no suitable Python is installed.
 fn require_python() {
-    const TOO_OLD: &str = "python3 on PATH is older than 3.8; the Python client tests need \
-                           3.8 or newer (for fcntl.F_GET_SEALS and os.memfd_create)";
+    const TOO_OLD: &str = "python3 on PATH is older than 3.9; the Python client tests need \
+                           3.9 or newer, as the memseal package does";
     static CHECK: OnceLock<Result<(), String>> = OnceLock::new();
     let check = CHECK.get_or_init(|| {
         let probe = Command::new("python3")
             .args([
                 "-c",
-                "import sys; sys.exit(0 if sys.version_info >= (3, 8) else 1)",
+                "import sys; sys.exit(0 if sys.version_info >= (3, 9) else 1)",
             ])
             .status();
         match probe {
             Ok(status) if status.success() => Ok(()),
             Ok(_) => Err(TOO_OLD.to_owned()),
             Err(e) => Err(format!(
-                "cannot run python3 ({e}); install Python 3.8 or newer to run the Python \
+                "cannot run python3 ({e}); install Python 3.9 or newer to run the Python \
                  client tests"
             )),
         }

@@ -1,0 +1,303 @@
+"""The client: the conversations of PROTOCOL.md section 7.
+
+A :class:`Client` is one connection, handshake done. Each public method
+builds a request (``_messages``), sends it and reads the one reply it
+expects through :meth:`Client._call`, which turns an ``Error`` reply into
+:class:`ServerError` and anything unexpected into :class:`ProtocolError`
+(closing the connection, whose position in the stream is then unknown).
+"""
+
+from __future__ import annotations
+
+import fcntl
+import os
+import socket
+import stat as _stat
+import struct
+from typing import IO, Callable, Iterator, List, Optional, Tuple, Type, TypeVar, Union
+
+from . import _messages as m
+from ._channel import Channel, Trace
+from ._endpoint import Endpoint, resolve_socket
+from ._errors import ConnectError, MemsealError, ProtocolError, ServerError
+from ._messages import AssetInfo, Event, HashLike, Limits, ServerStatus
+from ._sealed import F_SEAL_GROW, F_SEAL_SEAL, F_SEAL_SHRINK, F_SEAL_WRITE, Asset, check_sealed
+
+#: Default timeout for each read and write on the socket, in seconds.
+DEFAULT_TIMEOUT = 30.0
+
+#: Bytes read from a reader per write in a streamed publish.
+_UPLOAD_CHUNK = 1 << 20
+
+R = TypeVar("R", bound=m.Response)
+
+#: A path to a file, or an open binary file.
+FileLike = Union[str, "os.PathLike[str]", IO[bytes]]
+
+
+def sealed_memfd(data: bytes, name: str = "memseal") -> int:
+    """A new memfd holding ``data``, sealed with WRITE, GROW, SHRINK and
+    SEAL: ready for :meth:`Client.publish_sealed`. The caller closes it."""
+    fd = os.memfd_create(name, os.MFD_CLOEXEC | os.MFD_ALLOW_SEALING)
+    try:
+        view = memoryview(data).cast("B")
+        written = 0
+        while written < len(view):
+            written += os.write(fd, view[written:])
+        fcntl.fcntl(fd, fcntl.F_ADD_SEALS, F_SEAL_WRITE | F_SEAL_GROW | F_SEAL_SHRINK | F_SEAL_SEAL)
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd
+
+
+class Client:
+    """A connection to memseald, handshake done.
+
+    ``path`` names the socket; without it the default rule applies
+    (:func:`~memseal.resolve_socket`), and ``endpoint`` says which socket
+    was chosen and why. The daemon must run as a uid the rule trusts, or as
+    exactly ``expect_server_uid`` when given, before a byte is sent.
+    ``timeout`` bounds each read and write, in seconds (None waits
+    forever). ``trace``, if given, is called as ``trace(direction,
+    frame_bytes, fd_count)`` for every frame sent or received.
+
+    A client holds one conversation at a time: share it between threads
+    only behind a lock. Assets it fetched stay valid after it is closed.
+    """
+
+    def __init__(
+        self,
+        path: Optional[str] = None,
+        client_name: str = "memseal-python",
+        timeout: Optional[float] = DEFAULT_TIMEOUT,
+        expect_server_uid: Optional[int] = None,
+        trace: Optional[Trace] = None,
+    ):
+        self.endpoint: Endpoint = resolve_socket(path, expect_server_uid)
+        self.path = self.endpoint.path
+        self._closed = False
+        self._watching = False
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        try:
+            sock.settimeout(timeout)
+            try:
+                sock.connect(self.path)
+            except OSError as e:
+                raise ConnectError(self.path, self.endpoint.reason, e) from None
+            # Before a byte goes out: a name is only as trustworthy as whoever answers.
+            creds = sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, struct.calcsize("iII"))
+            _, self.server_uid, _ = struct.unpack("iII", creds)
+            self.endpoint.check_peer(self.server_uid)
+        except BaseException:
+            sock.close()
+            raise
+        self._channel = Channel(sock, trace)
+        try:
+            self.server, self.limits = self._handshake(client_name)
+        except BaseException:
+            self.close()
+            raise
+
+    def _handshake(self, client_name: str) -> Tuple[str, Limits]:
+        try:
+            self._channel.write_frame(m.hello_request(client_name))
+        except (BrokenPipeError, ConnectionResetError):
+            # A busy daemon closes right after accept, leaving one frame to
+            # read that says so (section 7.1).
+            pass
+        welcome, _ = self._receive(m.Welcome)
+        if welcome.version != m.PROTOCOL_VERSION:
+            self.close()
+            raise ProtocolError(
+                "memseald answered with protocol version %d; this client speaks %d"
+                % (welcome.version, m.PROTOCOL_VERSION)
+            )
+        return welcome.server, welcome.limits
+
+    def close(self) -> None:
+        """Close the connection. Assets already fetched stay valid."""
+        self._closed = True
+        self._channel.close()
+
+    def __enter__(self) -> Client:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        return "<memseal.Client %s (%s), %s>" % (self.path, self.endpoint.reason, self.server)
+
+    # -- one request, one reply -----------------------------------------------
+
+    def _receive(self, want: Type[R]) -> Tuple[R, Optional[int]]:
+        """Read one reply of type ``want``, with its descriptor if it has one."""
+        try:
+            response, fd = self._channel.receive()
+        except ProtocolError:
+            self.close()
+            raise
+        except OSError as e:
+            self.close()
+            raise ProtocolError("cannot read from memseald: %s" % (e.strerror or e)) from None
+        if isinstance(response, want):
+            return response, fd
+        if fd is not None:
+            os.close(fd)
+        if isinstance(response, m.ErrorReply):
+            error = ServerError(response.code, response.message)
+            if error.closes_connection:
+                self.close()
+            raise error
+        self.close()
+        raise ProtocolError("expected a '%s' reply, got '%s'" % (want.KIND, response.KIND))
+
+    def _send(self, send: Callable[[], None]) -> None:
+        """Run one send; any failure leaves the stream position unknown, so close."""
+        if self._closed:
+            raise ProtocolError("the connection to memseald is closed; open a new Client")
+        if self._watching:
+            raise ProtocolError("this connection is watching; open another Client for requests")
+        try:
+            send()
+        except ProtocolError:
+            self.close()
+            raise
+        except OSError as e:
+            self.close()
+            raise ProtocolError("cannot send to memseald: %s" % (e.strerror or e)) from None
+
+    def _exchange(self, request: bytes, want: Type[R], fd: Optional[int] = None) -> Tuple[R, Optional[int]]:
+        """Send ``request`` (with ``fd`` riding on it) and read its reply,
+        with the descriptor the reply carries."""
+        self._send(lambda: self._channel.write_frame(request, fd))
+        return self._receive(want)
+
+    def _call(self, request: bytes, want: Type[R], fd: Optional[int] = None) -> R:
+        """:meth:`_exchange` for replies that carry no descriptor."""
+        return self._exchange(request, want, fd)[0]
+
+    # -- publishing -----------------------------------------------------------
+
+    def _publish_stream(self, name: str, size: int, upload: Callable[[], None]) -> AssetInfo:
+        # Continue, or an Error that means: do not send the bytes.
+        self._call(m.publish_request(name, size, with_descriptor=False), m.Continue)
+        self._send(upload)
+        return self._receive(m.Published)[0].info
+
+    def publish_bytes(self, name: str, data: bytes) -> AssetInfo:
+        """Publish ``data`` (any bytes-like object) as the next version of
+        ``name``, streaming it over the socket."""
+        view = memoryview(data).cast("B")
+        return self._publish_stream(name, len(view), lambda: self._channel.write_raw(view))
+
+    def publish_reader(self, name: str, reader: IO[bytes], size: int) -> AssetInfo:
+        """Publish exactly ``size`` bytes read from ``reader``.
+
+        If the reader ends early the publish is abandoned, and so is the
+        connection, since the daemon still expects the rest."""
+
+        def upload() -> None:
+            left = size
+            while left > 0:
+                try:
+                    chunk = reader.read(min(left, _UPLOAD_CHUNK))
+                except OSError as e:
+                    self.close()
+                    raise MemsealError("cannot read the bytes to publish: %s; nothing was published" % e) from e
+                if not chunk:
+                    self.close()
+                    raise MemsealError(
+                        "the reader ended after %d of %d bytes; nothing was published" % (size - left, size)
+                    )
+                self._channel.write_raw(memoryview(chunk)[:left])
+                left -= len(chunk)
+
+        return self._publish_stream(name, size, upload)
+
+    def publish_fd(self, name: str, fd: int) -> AssetInfo:
+        """Publish the file behind ``fd``: a sealed memfd is adopted, any
+        other regular file is copied by the daemon. ``fd`` stays open and
+        is the caller's to close."""
+        size = os.fstat(fd).st_size
+        return self._call(m.publish_request(name, size, with_descriptor=True), m.Published, fd).info
+
+    def publish_file(self, name: str, file: FileLike) -> AssetInfo:
+        """Publish the whole of a regular file, given by path or as an open
+        file: the daemon copies it kernel-side (or adopts a sealed memfd).
+        The file must not change while the daemon copies it."""
+        if isinstance(file, (str, os.PathLike)):
+            with open(file, "rb") as opened:
+                return self.publish_file(name, opened)
+        fd = file.fileno()
+        mode = os.fstat(fd).st_mode
+        if not _stat.S_ISREG(mode):
+            raise MemsealError("publish_file needs a regular file, not mode 0o%o; use publish_reader" % mode)
+        return self.publish_fd(name, fd)
+
+    def publish_sealed(self, name: str, memfd: int) -> AssetInfo:
+        """Publish a memfd already sealed against writing, growing and
+        shrinking (see :func:`sealed_memfd`); the daemon adopts it without
+        copying a byte. The seals are checked here first, as a fetch checks
+        them, so a memfd the daemon would refuse raises :class:`VerifyError`
+        without a round trip. ``memfd`` stays the caller's to close."""
+        check_sealed(memfd)
+        return self.publish_fd(name, memfd)
+
+    # -- reading --------------------------------------------------------------
+
+    def fetch(self, name: str, version: Optional[int] = None, hash: Optional[HashLike] = None) -> Asset:
+        """Fetch the latest version of ``name`` (or the given version or
+        hash), check its descriptor and map it read-only."""
+        reply, fd = self._exchange(m.fetch_request(name, version, hash), m.AssetReply)
+        assert fd is not None, "an Asset reply always carries its descriptor"
+        return Asset(reply.info, fd)
+
+    def stat(self, name: str, version: Optional[int] = None, hash: Optional[HashLike] = None) -> AssetInfo:
+        """What a fetch would return, without the descriptor."""
+        return self._call(m.stat_request(name, version, hash), m.Info).info
+
+    def list(self, prefix: str = "") -> List[AssetInfo]:
+        """The latest version of every name starting with ``prefix``,
+        following every page."""
+        assets: List[AssetInfo] = []
+        after: Optional[str] = None
+        while True:
+            page = self._call(m.list_request(prefix, after), m.Listing)
+            assets.extend(page.assets)
+            after = page.next
+            if after is None:
+                return assets
+
+    # -- administration -------------------------------------------------------
+
+    def remove(self, name: str, version: Optional[int] = None) -> int:
+        """Remove one version of ``name``, or all of them; returns how many went."""
+        return self._call(m.remove_request(name, version), m.Removed).versions
+
+    def status(self) -> ServerStatus:
+        """The daemon's counters."""
+        return self._call(m.status_request(), m.StatusReply).status
+
+    def watch(self, prefix: str = "") -> Iterator[Event]:
+        """Turn this connection into a stream of changes to names under ``prefix``.
+
+        Returns once the daemon has confirmed the watch, so every change
+        made after that is seen. Iterating yields :class:`Event` tuples
+        ``(kind, info)``, kind "published" or "removed", in the order the
+        changes happened, waiting as long as it takes for the next one. The
+        connection does nothing else afterwards: close the client to stop.
+        A watcher that falls too far behind gets :class:`ServerError` with
+        code ``BUSY``: watch again and re-read what matters.
+        """
+        self._call(m.watch_request(prefix), m.Watching)
+        self._watching = True
+        # Changes may be hours apart; from now on only the daemon's own
+        # deadlines apply.
+        self._channel.sock.settimeout(None)
+        return self._events()
+
+    def _events(self) -> Iterator[Event]:
+        while True:
+            yield self._receive(m.EventReply)[0].event

@@ -5,7 +5,8 @@
 # the unit files, systemd-socket-activate to pass a listening socket exactly
 # as systemd does), setpriv to drop to an unprivileged user, python3 for the
 # second-language client, and, for the real-systemd test, systemd-nspawn and
-# debootstrap. Anything missing is installed from the distribution's
+# debootstrap; for the C library, a C and C++ compiler, pkg-config and
+# valgrind. Anything missing is installed from the distribution's
 # packages when running as root; otherwise the missing tools are listed and
 # the tests that need them say so.
 set -euo pipefail
@@ -18,6 +19,11 @@ declare -A package_of=(
     [python3]=python3
     [systemd-nspawn]=systemd-container
     [debootstrap]=debootstrap
+    [cc]=gcc
+    [c++]=g++
+    [pkg-config]=pkg-config
+    [readelf]=binutils
+    [valgrind]=valgrind
 )
 
 missing=()

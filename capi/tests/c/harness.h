@@ -45,20 +45,20 @@ static int harness_passed, harness_failed;
 #define CHECK_OK(call) CHECK_CODE(call, MEMSEAL_OK)
 
 /* Print the summary line and give the exit status. */
-static int harness_finish(const char *suite) {
+static inline int harness_finish(const char *suite) {
     printf("%s: %d passed, %d failed\n", suite, harness_passed, harness_failed);
     return harness_failed == 0 ? 0 : 1;
 }
 
 /* Fill `buf` with a pattern that differs for each seed. */
-static void harness_pattern(uint8_t *buf, size_t len, unsigned seed) {
+static inline void harness_pattern(uint8_t *buf, size_t len, unsigned seed) {
     for (size_t i = 0; i < len; i++) {
         buf[i] = (uint8_t)(i * 31u + seed * 7u + (i >> 12));
     }
 }
 
 /* True if the process dies of SIGSEGV when it writes to `p`. */
-static int harness_write_faults(const uint8_t *p) {
+static inline int harness_write_faults(const uint8_t *p) {
     pid_t child = fork();
     if (child == 0) {
         *(volatile uint8_t *)p = (uint8_t)(*p + 1);
@@ -73,7 +73,7 @@ static int harness_write_faults(const uint8_t *p) {
 
 /* The permissions column of the /proc/self/maps line that holds `p`
  * ("r--p" for a read-only private mapping), or "" if none does. */
-static const char *harness_mapping_perms(const void *p) {
+static inline const char *harness_mapping_perms(const void *p) {
     static char perms[5];
     char line[512];
     uintptr_t addr = (uintptr_t)p;
@@ -100,7 +100,7 @@ static const char *harness_mapping_perms(const void *p) {
  * carries the seals, no write through any path succeeds, and the mapping
  * is read-only. Returns the number of failed checks.
  */
-static int harness_check_sealed(const memseal_asset *asset) {
+static inline int harness_check_sealed(const memseal_asset *asset) {
     int failed_before = harness_failed;
     int fd = memseal_asset_fd(asset);
     const uint8_t *data = memseal_asset_data(asset);

@@ -6,7 +6,8 @@
 # as systemd does), setpriv to drop to an unprivileged user, python3 for the
 # second-language client, and, for the real-systemd test, systemd-nspawn and
 # debootstrap; for the C library, a C and C++ compiler, pkg-config and
-# valgrind. Anything missing is installed from the distribution's
+# valgrind; for the container image, podman and runc; PyYAML to check the
+# Kubernetes manifests. Anything missing is installed from the distribution's
 # packages when running as root; otherwise the missing tools are listed and
 # the tests that need them say so.
 set -euo pipefail
@@ -24,12 +25,21 @@ declare -A package_of=(
     [pkg-config]=pkg-config
     [readelf]=binutils
     [valgrind]=valgrind
+    [podman]=podman
+    [runc]=runc
 )
 
 missing=()
 for tool in "${!package_of[@]}"; do
     command -v "$tool" >/dev/null 2>&1 || missing+=("${package_of[$tool]}")
 done
+yaml_missing() { ! python3 -c 'import yaml' >/dev/null 2>&1; }
+if yaml_missing && [[ $(command -v python3) == /usr/bin/python3 ]]; then
+    missing+=(python3-yaml)
+elif yaml_missing && [[ $(id -u) -eq 0 ]]; then
+    # A python3 of its own (pyenv, a venv): PyYAML from PyPI.
+    python3 -m pip install --quiet pyyaml >/dev/null
+fi
 if ((${#missing[@]} == 0)); then
     exit 0
 fi

@@ -1,6 +1,6 @@
 //! The functions C calls. Each one turns its raw arguments into Rust values
-//! through [`crate::raw`], does its work through [`crate::handles`] inside
-//! [`boundary::call`] (which catches panics and records failures), and
+//! through `raw`, does its work through [`crate::handles`] inside
+//! `boundary::call` (which catches panics and records failures), and
 //! writes its results to the out-parameters.
 //!
 //! The documentation of each function is the header's; the conventions

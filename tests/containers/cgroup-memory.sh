@@ -19,6 +19,8 @@
 #
 # Usage: tests/containers/cgroup-memory.sh
 # Environment: MEMSEAL_BIN_DIR (default target/debug).
+# The scripts given to `sh -c` expand their own arguments ($0, $1, ...).
+# shellcheck disable=SC2016
 set -euo pipefail
 
 repo=$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)

@@ -37,6 +37,8 @@
 
 # The checks are called by name through `record`; the linter cannot see it.
 # shellcheck disable=SC2317
+# The scripts given to `sh -c` expand their own arguments ($0, $1, ...).
+# shellcheck disable=SC2016
 set -uo pipefail
 
 repo=$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)

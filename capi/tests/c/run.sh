@@ -4,8 +4,9 @@
 #   1. install the library, headers and pkg-config file into a temporary
 #      prefix with scripts/install-capi.sh, and check what was installed
 #      (soname, symlinks, exported symbols, pkg-config);
-#   2. compile the tests against that installed copy with
-#      `pkg-config --cflags --libs memseal`, and once against libmemseal.a;
+#   2. compile the tests, and the README's C example, against that
+#      installed copy with `pkg-config --cflags --libs memseal`, and once
+#      against libmemseal.a;
 #   3. start the real memseald on a temporary socket and run them: as a
 #      publisher, as a plain user (uid 65534, root only), then stopping the
 #      daemon under an asset that must outlive it;
@@ -110,6 +111,12 @@ cc "${cflags[@]}" -o "$work/test_memseal_static" "$here/test_memseal.c" \
 # shellcheck disable=SC2046
 c++ -std=c++17 -Wall -Wextra -Werror -g -o "$work/test_memseal_cpp" "$here/test_memseal.cpp" \
     $(pkg-config --cflags --libs memseal)
+# The README's C example, so that it cannot rot.
+awk '/^## C and C\+\+/ {section = 1} section && /^```c$/ {code = 1; next}
+    code && /^```$/ {exit} code {print}' "$repo/README.md" >"$work/readme_example.c"
+[[ -s $work/readme_example.c ]] || fail "no C example found in README.md"
+# shellcheck disable=SC2046
+cc "${cflags[@]}" -o "$work/readme_example" "$work/readme_example.c" $(pkg-config --cflags --libs memseal)
 if readelf -d "$work/test_memseal_static" | grep -q 'libmemseal'; then
     fail "the static build still needs libmemseal.so"
 fi
@@ -148,6 +155,7 @@ run() { # run LABEL COMMAND...: a test binary, with its output, under a time lim
     timeout 600 "$@" || fail "$label"
 }
 
+# shellcheck disable=SC2054  # the commas belong to valgrind's option values
 valgrind_cmd=(valgrind --quiet --error-exitcode=99 --leak-check=full
     --errors-for-leak-kinds=definite,possible --show-leak-kinds=definite,possible
     --child-silent-after-fork=yes)
@@ -159,6 +167,10 @@ round() { # round [WRAPPER...]
     if [[ $# == 0 ]]; then
         run "C linked statically, publisher" "$work/test_memseal_static" publisher
         run "C++ wrapper" "$work/test_memseal_cpp"
+        run "the README's C example" "$work/readme_example"
+        local printed
+        printed=$("$work/readme_example")
+        [[ $printed == "2 3 5 7 11 (version "*")" ]] || fail "the README's example printed '$printed'"
     else
         run "C++ wrapper under $1" "$@" "$work/test_memseal_cpp"
     fi

@@ -5,7 +5,10 @@
 # the unit files, systemd-socket-activate to pass a listening socket exactly
 # as systemd does), setpriv to drop to an unprivileged user, unshare for a
 # private /run, python3 (with venv) for the second-language client, and,
-# for the real-systemd test, systemd-nspawn and debootstrap. Anything missing is installed from the distribution's
+# for the real-systemd test, systemd-nspawn and debootstrap; for the C
+# library, a C and C++ compiler, pkg-config and valgrind; for the container
+# image, podman and runc; PyYAML to check the Kubernetes manifests.
+# Anything missing is installed from the distribution's
 # packages when running as root; otherwise the missing tools are listed and
 # the tests that need them say so.
 set -euo pipefail
@@ -19,6 +22,13 @@ declare -A package_of=(
     [python3]=python3
     [systemd-nspawn]=systemd-container
     [debootstrap]=debootstrap
+    [cc]=gcc
+    [c++]=g++
+    [pkg-config]=pkg-config
+    [readelf]=binutils
+    [valgrind]=valgrind
+    [podman]=podman
+    [runc]=runc
 )
 
 missing=()
@@ -29,6 +39,13 @@ done
 # Debian ships venv and ensurepip separately.
 if command -v python3 >/dev/null 2>&1 && ! python3 -c 'import ensurepip, venv' >/dev/null 2>&1; then
     missing+=(python3-venv)
+fi
+yaml_missing() { ! python3 -c 'import yaml' >/dev/null 2>&1; }
+if yaml_missing && [[ $(command -v python3) == /usr/bin/python3 ]]; then
+    missing+=(python3-yaml)
+elif yaml_missing && [[ $(id -u) -eq 0 ]]; then
+    # A python3 of its own (pyenv, a venv): PyYAML from PyPI.
+    python3 -m pip install --quiet pyyaml >/dev/null
 fi
 if ((${#missing[@]} == 0)); then
     exit 0

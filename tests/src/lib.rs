@@ -274,6 +274,22 @@ impl Daemon {
             .unwrap_or(0)
     }
 
+    /// How many descriptors the daemon has open once the count has stopped
+    /// changing: connections that just ended (the harness's own probe of
+    /// the socket at start, for one) may take a moment to close.
+    pub fn settled_fds(&self) -> usize {
+        let mut last = self.open_fds();
+        for _ in 0..50 {
+            std::thread::sleep(Duration::from_millis(40));
+            let now = self.open_fds();
+            if now == last {
+                return now;
+            }
+            last = now;
+        }
+        last
+    }
+
     /// The daemon's resident set size, in KiB.
     pub fn rss_kib(&self) -> u64 {
         rss_kib_of(self.pid())

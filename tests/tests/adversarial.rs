@@ -63,16 +63,7 @@ fn baseline(daemon: &Daemon) -> Baseline {
 
 /// The daemon's descriptor count once it has stopped changing.
 fn settled_fds(daemon: &Daemon) -> usize {
-    let mut last = daemon.open_fds();
-    for _ in 0..50 {
-        std::thread::sleep(Duration::from_millis(40));
-        let now = daemon.open_fds();
-        if now == last {
-            return now;
-        }
-        last = now;
-    }
-    last
+    daemon.settled_fds()
 }
 
 /// Connect a fresh client, fetch the probe, check its bytes; the time the

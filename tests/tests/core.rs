@@ -379,12 +379,12 @@ fn ten_thousand_fetches_leak_no_descriptor() {
         .publish_bytes("leak/check", &pattern(4096, 5))
         .unwrap();
     drop(client.fetch("leak/check").unwrap());
-    let before = daemon.open_fds();
+    let before = daemon.settled_fds();
     for _ in 0..10_000 {
         let asset = client.fetch("leak/check").unwrap();
         assert_eq!(asset.len(), 4096);
     }
-    assert_eq!(daemon.open_fds(), before, "daemon descriptor count changed");
+    assert_eq!(daemon.settled_fds(), before, "daemon descriptor count changed");
 }
 
 #[test]

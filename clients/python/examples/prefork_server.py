@@ -74,7 +74,10 @@ def serve(server: HTTPServer, name: str) -> None:
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
     MODEL.update(memseal.safetensors.load(name))
     predict([0.0] * MODEL["weight"].shape[0])  # touches every weight once
-    print("worker %d ready: %s" % (os.getpid(), {k: v.shape for k, v in MODEL.items()}), flush=True)
+    # One write per line: workers share the pipe, and print() writes the
+    # text and its newline separately, which lets two workers' lines mix.
+    line = "worker %d ready: %s\n" % (os.getpid(), {k: v.shape for k, v in MODEL.items()})
+    os.write(sys.stdout.fileno(), line.encode())
     server.serve_forever()
 
 

@@ -32,8 +32,13 @@ class Daemon:
         self._dir = tempfile.TemporaryDirectory(prefix="memseal-py-")
         self.dir = Path(self._dir.name)
         if wrapper:
-            # A daemon started as another user must be able to read its settings.
+            # A daemon started as another user must be able to read its
+            # settings, and listens only in a directory of its own.
             os.chmod(self.dir, 0o755)
+            for word in wrapper:
+                if word.startswith("--reuid="):
+                    uid = int(word.split("=", 1)[1])
+                    os.chown(self.dir, uid, uid)
         self.socket = socket_path or self.dir / "memseald.sock"
         config = self.dir / "memseald.toml"
         config.write_text("")

@@ -124,7 +124,10 @@ def test_a_user_reaches_their_own_daemon_on_the_per_user_socket(runtime_dir: Pat
 
 def test_a_root_daemon_on_a_per_user_socket_is_refused_unless_asked_for(runtime_dir: Path) -> None:
     path = runtime_dir / "memseal" / "memseald.sock"
-    with Daemon(socket_path=path):
+    # memseald refuses to listen in a directory that is not its own, so
+    # root's daemon listens in its own and its socket is moved in.
+    with Daemon() as daemon:
+        os.rename(daemon.socket, path)
         os.chown(path, NOBODY, NOBODY)  # the file looks right; the listener is root
         out = as_nobody(
             """
@@ -216,8 +219,10 @@ os.environ.pop("MEMSEAL_SOCKET", None)
 with Daemon(wrapper=as_user(65534), socket_path=memseal.SYSTEM_SOCKET):
     with memseal.Client() as client:
         print("owner=%d %s" % (client.server_uid, client.endpoint.trusted))
-os.chmod("/run/memseal", 0o1777)  # let a stranger bind there too
-with Daemon(wrapper=as_user(65533), socket_path=memseal.SYSTEM_SOCKET):
+# A stranger's daemon (memseald itself refuses to listen in a directory it
+# does not own, so its socket is moved in).
+with Daemon(wrapper=as_user(65533)) as stranger:
+    os.rename(stranger.socket, memseal.SYSTEM_SOCKET)
     try:
         memseal.Client()
     except memseal.PeerRejected as e:

@@ -221,7 +221,9 @@ with Daemon(wrapper=as_user(65534), socket_path=memseal.SYSTEM_SOCKET):
         print("owner=%d %s" % (client.server_uid, client.endpoint.trusted))
 # A stranger's daemon (memseald itself refuses to listen in a directory it
 # does not own, so its socket is moved in).
-with Daemon(wrapper=as_user(65533)) as stranger:
+os.mkdir("/run/stranger", 0o700)
+os.chown("/run/stranger", 65533, 65533)
+with Daemon(wrapper=as_user(65533), socket_path="/run/stranger/memseald.sock") as stranger:
     os.rename(stranger.socket, memseal.SYSTEM_SOCKET)
     try:
         memseal.Client()

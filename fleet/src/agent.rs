@@ -58,15 +58,18 @@ pub struct Pulled {
 /// What a push did.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Pushed {
-    /// The blob and the manifest were written, or as much of them as the
-    /// store did not have yet.
-    Pushed(Uploaded),
-    /// The store's manifest already points at this content.
-    AlreadyNamed,
+    /// The store holds the content and names it the latest version.
+    Pushed {
+        /// Whether the blob had to be uploaded.
+        blob: Uploaded,
+        /// Whether the manifest had to be written (false: it already
+        /// pointed at this content).
+        renamed: bool,
+    },
     /// The version was removed locally before it could be read.
     Gone,
-    /// The version came from the store: pushing it back would only
-    /// repoint the name at what it already names, or worse, at an older
+    /// The version came from the store: pushing it back would at best
+    /// repoint the name at what it already names, and at worst at an older
     /// version than another node pushed since.
     PulledHere,
 }
@@ -347,37 +350,40 @@ impl Agent {
     /// more bytes fit in the daemon's budget. Only versions this agent
     /// pulled (and that still hold the content it pulled) are candidates,
     /// never one of `name` itself, whose readers would otherwise find it
-    /// missing until the new version lands.
+    /// missing until the new version lands. When even evicting all of them
+    /// could not make room, nothing is evicted.
     async fn make_room(&self, name: &str, size: u64) -> Result<(), Error> {
         let limits = self.local.limits().await?;
-        loop {
-            let used = self.local.status().await?.bytes;
-            let free = limits.max_total_bytes.saturating_sub(used);
-            if free >= size {
-                return Ok(());
-            }
-            let mut candidates: Vec<Record> = self
-                .state
-                .records()?
-                .into_iter()
-                .filter(|r| r.name != name && r.version != PENDING)
-                .collect();
-            candidates.sort_by_key(|r| r.used_ms);
-            let mut evicted = false;
+        let free = |used: u64| limits.max_total_bytes.saturating_sub(used);
+        let mut available = free(self.local.status().await?.bytes);
+        if available >= size {
+            return Ok(());
+        }
+        let mut candidates: Vec<Record> = self
+            .state
+            .records()?
+            .into_iter()
+            .filter(|r| r.name != name && r.version != PENDING)
+            .collect();
+        candidates.sort_by_key(|r| r.used_ms);
+        let evictable: u64 = candidates.iter().map(|r| r.size).sum();
+        if available.saturating_add(evictable) >= size {
             for record in candidates {
                 if self.evict(&record).await? {
-                    evicted = true;
-                    break;
+                    // Identical content held under another name stays, so
+                    // ask what a removal really freed.
+                    available = free(self.local.status().await?.bytes);
+                    if available >= size {
+                        return Ok(());
+                    }
                 }
             }
-            if !evicted {
-                return Err(Error::NoRoom(format!(
-                    "{name} needs {size} bytes but memseald has {free} of its {} free, and no \
-                     pulled version is left to evict",
-                    limits.max_total_bytes
-                )));
-            }
         }
+        Err(Error::NoRoom(format!(
+            "{name} needs {size} bytes but memseald has {available} of its {} free, and \
+             evicting every version pulled from the store ({evictable} bytes) would not be enough",
+            limits.max_total_bytes
+        )))
     }
 
     /// Remove one pulled version, if the daemon still holds it as pulled.
@@ -392,7 +398,9 @@ impl Agent {
         self.state.forget(&record.name, record.version)?;
         if removed {
             self.metrics.add(Counter::Evictions, 1);
-            tracing::info!(
+            // A warning, so that it shows in the one-shot commands too:
+            // someone may have expected that version to stay.
+            tracing::warn!(
                 "evicted {} version {} ({} bytes, pulled from the store, last used {} s ago) \
                  to make room",
                 record.name,
@@ -433,11 +441,6 @@ impl Agent {
         if self.state.records()?.iter().any(|r| r.is_of(info)) {
             return Ok(Pushed::PulledHere);
         }
-        if let ManifestRead::Found(manifest, _) = self.remote.manifest(&info.name, None).await? {
-            if manifest.hash() == info.hash {
-                return Ok(Pushed::AlreadyNamed);
-            }
-        }
         let Some(asset) = self
             .local
             .fetch(&info.name, Selector::Version(info.version))
@@ -445,27 +448,37 @@ impl Agent {
         else {
             return Ok(Pushed::Gone);
         };
+        // The blob first, so that a manifest never points at missing
+        // content (and so that a push repairs a blob lost from the store).
         let key = self.remote.layout().blob(&info.hash);
-        let uploaded = upload(self.remote.store(), &key, asset, &self.transfer).await?;
-        let manifest = Manifest::for_version(info, self.host.clone(), now_ms());
-        self.remote.put_manifest(&manifest).await?;
-        self.metrics.add(Counter::Pushes, 1);
-        match uploaded {
+        let blob = upload(self.remote.store(), &key, asset, &self.transfer).await?;
+        match blob {
             Uploaded::Already => self.metrics.add(Counter::BlobsAlreadyStored, 1),
             Uploaded::Written { .. } => self.metrics.add(Counter::UploadedBytes, info.size),
         }
-        tracing::info!(
-            "pushed {} version {} to {}: blob {}, manifest {}",
-            info.name,
-            info.version,
-            self.remote.url(),
-            match uploaded {
-                Uploaded::Already => "already there".to_owned(),
-                Uploaded::Written { parts: 1 } => "uploaded".to_owned(),
-                Uploaded::Written { parts } => format!("uploaded in {parts} parts"),
-            },
-            self.remote.layout().manifest(&info.name)
-        );
-        Ok(Pushed::Pushed(uploaded))
+        let named = match self.remote.manifest(&info.name, None).await? {
+            ManifestRead::Found(manifest, _) => manifest.hash() == info.hash,
+            ManifestRead::Missing | ManifestRead::NotModified => false,
+        };
+        if !named {
+            let manifest = Manifest::for_version(info, self.host.clone(), now_ms());
+            self.remote.put_manifest(&manifest).await?;
+            self.metrics.add(Counter::Pushes, 1);
+            tracing::info!(
+                "pushed {} version {} to {}: blob {}",
+                info.name,
+                info.version,
+                self.remote.url(),
+                match blob {
+                    Uploaded::Already => "already there".to_owned(),
+                    Uploaded::Written { parts: 1 } => "uploaded".to_owned(),
+                    Uploaded::Written { parts } => format!("uploaded in {parts} parts"),
+                }
+            );
+        }
+        Ok(Pushed::Pushed {
+            blob,
+            renamed: !named,
+        })
     }
 }

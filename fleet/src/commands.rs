@@ -106,21 +106,23 @@ async fn push(agent: &Agent, name: &str) -> Result<(), Error> {
     let (info, pushed) = agent.push_name(name).await?;
     let url = agent.remote().url();
     let version = info.version;
+    let hash = hash_to_hex(&info.hash);
     match pushed {
-        Pushed::Pushed(uploaded) => println!(
-            "pushed {name} version {version} to {url}: {} ({}), blake3 {}",
-            match uploaded {
+        Pushed::Pushed { blob, renamed } => {
+            let blob = match blob {
                 Uploaded::Already => "the store already had the blob".to_owned(),
                 Uploaded::Written { parts: 1 } => "blob uploaded".to_owned(),
                 Uploaded::Written { parts } => format!("blob uploaded in {parts} parts"),
-            },
-            human_size(info.size),
-            hash_to_hex(&info.hash)
-        ),
-        Pushed::AlreadyNamed => println!(
-            "{url} already names {name} version {version} (blake3 {}); nothing to push",
-            hash_to_hex(&info.hash)
-        ),
+            };
+            if renamed {
+                println!(
+                    "pushed {name} version {version} to {url}: {blob} ({}), blake3 {hash}",
+                    human_size(info.size)
+                );
+            } else {
+                println!("{url} already names {name} version {version} (blake3 {hash}); {blob}");
+            }
+        }
         Pushed::PulledHere => {
             println!("{name} version {version} was pulled from the store; not pushing it back")
         }

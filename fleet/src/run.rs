@@ -180,7 +180,7 @@ async fn push_queued(agent: Arc<Agent>, queue: Arc<PushQueue>) {
     loop {
         let info = queue.take().await;
         match agent.push(&info).await {
-            Ok(Pushed::Pushed(_) | Pushed::AlreadyNamed | Pushed::Gone | Pushed::PulledHere) => {
+            Ok(Pushed::Pushed { .. } | Pushed::Gone | Pushed::PulledHere) => {
                 backoff.reset();
             }
             Err(e) if e.is_transient() => {

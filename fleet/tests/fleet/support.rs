@@ -130,6 +130,8 @@ impl S3Server {
         let deadline = Instant::now() + Duration::from_secs(30);
         while Instant::now() < deadline {
             if child.try_wait().expect("wait").is_some() {
+                // Exited (the port was taken); already reaped.
+                let _ = child.wait();
                 return false;
             }
             if self.http("GET", "/moto-api/").is_some() {
@@ -139,6 +141,7 @@ impl S3Server {
             std::thread::sleep(Duration::from_millis(50));
         }
         let _ = child.kill();
+        let _ = child.wait();
         panic!(
             "moto_server did not answer within 30 s:\n{}",
             self.log_text()

@@ -35,7 +35,17 @@ python=$(command -v python3 || true)
 [[ -n $python ]] || { echo "s3-test-server: python3 not found" >&2; exit 1; }
 echo "s3-test-server: installing $requirement into $venv" >&2
 rm -rf "$venv"
-"$python" -m venv "$venv"
+if ! "$python" -m venv "$venv" >/dev/null 2>&1; then
+    # Debian's python3 keeps venv (ensurepip) in a package of its own.
+    if [[ $(id -u) == 0 ]] && command -v apt-get >/dev/null 2>&1; then
+        echo "s3-test-server: installing python3-venv from Debian's packages" >&2
+        apt-get update -qq >/dev/null
+        DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends \
+            python3-venv >/dev/null
+    fi
+    rm -rf "$venv"
+    "$python" -m venv "$venv"
+fi
 "$venv/bin/pip" install --quiet --disable-pip-version-check "$requirement" >&2
 "$venv/bin/python" -c 'import moto.server' ||
     { echo "s3-test-server: moto installed but does not import" >&2; exit 1; }

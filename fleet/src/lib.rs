@@ -31,7 +31,7 @@
 //!   mapping. [`rate`] caps the download rate, [`backoff`] spaces retries.
 //! - [`local`]: the daemon, through the client library's public API.
 //! - [`state`]: what this node pulled (for eviction and freshness);
-//!   [`metrics`]: counters; [`error`]: what can go wrong; [`format`]: sizes
+//!   [`metrics`]: counters; [`error`]: what can go wrong; [`format`](mod@format): sizes
 //!   and tables for people.
 //!
 //! # The path of a pull

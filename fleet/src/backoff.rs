@@ -52,6 +52,13 @@ pub fn jittered(interval: Duration) -> Duration {
     between(interval.mul_f64(0.8), interval.mul_f64(1.2))
 }
 
+/// A random moment within the first `interval`: when an agent that just
+/// started makes its first check, so that a fleet that boots at once does
+/// not poll at once.
+pub fn first_offset(interval: Duration) -> Duration {
+    between(Duration::ZERO, interval)
+}
+
 /// A duration drawn uniformly from `low..=high`.
 fn between(low: Duration, high: Duration) -> Duration {
     if high <= low {

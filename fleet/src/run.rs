@@ -7,7 +7,8 @@
 //!   queues what was published while it was away;
 //! - one pusher drains that queue, newest version of each name only, and
 //!   puts a version back after a backoff when the store is unavailable;
-//! - the poll loop re-reads, every `--poll` (with jitter), the manifest of
+//! - the poll loop re-reads, every `--poll` (with jitter, the first time at
+//!   a random moment within the first interval), the manifest of
 //!   each name this node pulled under the `--pull` prefixes, as a
 //!   conditional GET, and pulls the new version when one appears, so that
 //!   local watchers see it as an ordinary publish.
@@ -16,7 +17,7 @@
 //! fourth, calling [`Agent::pull`]; the daemon does not offer that yet.
 
 use crate::agent::{Agent, Pushed};
-use crate::backoff::{jittered, Backoff};
+use crate::backoff::{first_offset, jittered, Backoff};
 use crate::error::Error;
 use crate::metrics::Counter;
 use crate::remote::ManifestRead;
@@ -210,6 +211,7 @@ async fn keep_fresh(agent: Arc<Agent>, prefixes: Vec<String>, poll: Duration) {
     // Manifests whose pull was refused, by name: their ETag and until when
     // to leave them alone.
     let mut refused: HashMap<String, (Option<String>, Instant)> = HashMap::new();
+    tokio::time::sleep(first_offset(poll)).await;
     loop {
         match agent.state().records() {
             Ok(records) => {

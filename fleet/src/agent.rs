@@ -150,7 +150,7 @@ impl Agent {
     /// store, or exactly the content `hash`. The function a resolver calls
     /// for every name the daemon is asked for and does not hold.
     pub async fn pull(&self, name: &str, want: Want) -> Result<Pulled, Error> {
-        validate_name(name).map_err(|e| Error::Usage(format!("{name:?}: {e}")))?;
+        check_name(name)?;
         let result = async {
             let target = self.target(name, want).await?;
             self.pull_target(name, target).await
@@ -393,7 +393,7 @@ impl Agent {
             .local
             .stat(&record.name, Selector::Version(record.version))
             .await?;
-        let still_ours = current.is_some_and(|info| hash_to_hex(&info.hash) == record.blake3);
+        let still_ours = current.is_some_and(|info| record.holds(&info.hash));
         let removed = still_ours && self.local.remove(&record.name, record.version).await?;
         self.state.forget(&record.name, record.version)?;
         if removed {
@@ -414,7 +414,7 @@ impl Agent {
 
     /// Push the latest local version of `name`.
     pub async fn push_name(&self, name: &str) -> Result<(AssetInfo, Pushed), Error> {
-        validate_name(name).map_err(|e| Error::Usage(format!("{name:?}: {e}")))?;
+        check_name(name)?;
         let info = self
             .local
             .stat(name, Selector::Latest)
@@ -465,15 +465,10 @@ impl Agent {
             self.remote.put_manifest(&manifest).await?;
             self.metrics.add(Counter::Pushes, 1);
             tracing::info!(
-                "pushed {} version {} to {}: blob {}",
+                "pushed {} version {} to {}: {blob}",
                 info.name,
                 info.version,
                 self.remote.url(),
-                match blob {
-                    Uploaded::Already => "already there".to_owned(),
-                    Uploaded::Written { parts: 1 } => "uploaded".to_owned(),
-                    Uploaded::Written { parts } => format!("uploaded in {parts} parts"),
-                }
             );
         }
         Ok(Pushed::Pushed {
@@ -481,4 +476,9 @@ impl Agent {
             renamed: !named,
         })
     }
+}
+
+/// A name the daemon would accept, or a usage error that says why not.
+fn check_name(name: &str) -> Result<(), Error> {
+    validate_name(name).map_err(|e| Error::Usage(format!("{name:?}: {e}")))
 }

@@ -160,7 +160,7 @@ fn parse_duration(text: &str) -> Result<Duration, String> {
 }
 
 /// `4096`, `64K`, `8M`, `8MiB`, `1.5G`: binary multiples.
-fn parse_size(text: &str) -> Result<u64, String> {
+pub fn parse_size(text: &str) -> Result<u64, String> {
     let invalid = || format!("'{text}' is not a size (examples: 4096, 64K, 8MiB, 1.5G)");
     let lower = text.trim().to_ascii_lowercase();
     let number_end = lower

@@ -13,7 +13,6 @@ use crate::rate::RateLimit;
 use crate::remote::{ManifestRead, Remote};
 use crate::run::{run, RunOptions};
 use crate::state::State;
-use crate::upload::Uploaded;
 use futures::{StreamExt, TryStreamExt};
 use memseal::proto::message::{hash_from_hex, hash_to_hex};
 use std::sync::Arc;
@@ -109,11 +108,6 @@ async fn push(agent: &Agent, name: &str) -> Result<(), Error> {
     let hash = hash_to_hex(&info.hash);
     match pushed {
         Pushed::Pushed { blob, renamed } => {
-            let blob = match blob {
-                Uploaded::Already => "the store already had the blob".to_owned(),
-                Uploaded::Written { parts: 1 } => "blob uploaded".to_owned(),
-                Uploaded::Written { parts } => format!("blob uploaded in {parts} parts"),
-            };
             if renamed {
                 println!(
                     "pushed {name} version {version} to {url}: {blob} ({}), blake3 {hash}",

@@ -33,6 +33,8 @@
 //! - [`state`]: what this node pulled (for eviction and freshness);
 //!   [`metrics`]: counters; [`error`]: what can go wrong; [`format`](mod@format): sizes
 //!   and tables for people.
+//! - [`test_server`]: the S3-compatible server the tests and the benchmark
+//!   start (moto_server); the agent never uses it.
 //!
 //! # The path of a pull
 //!
@@ -61,4 +63,5 @@ pub mod rate;
 pub mod remote;
 pub mod run;
 pub mod state;
+pub mod test_server;
 pub mod upload;

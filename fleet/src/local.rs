@@ -58,6 +58,22 @@ impl Local {
         result.map_err(|e| Error::local(doing(), e))
     }
 
+    /// [`Local::call`] for a request about something that may be absent:
+    /// the daemon's `NotFound` becomes `None`.
+    async fn call_if_present<T>(
+        &self,
+        doing: impl FnOnce() -> String,
+        op: impl AsyncFnOnce(&mut AsyncClient) -> Result<T, memseal::Error>,
+    ) -> Result<Option<T>, Error> {
+        match self.call(doing, op).await {
+            Ok(value) => Ok(Some(value)),
+            Err(Error::Local { source, .. }) if source.code() == Some(ErrorCode::NotFound) => {
+                Ok(None)
+            }
+            Err(e) => Err(e),
+        }
+    }
+
     /// The limits the daemon announced when this connection opened.
     pub async fn limits(&self) -> Result<Limits, Error> {
         self.call(
@@ -78,25 +94,21 @@ impl Local {
 
     /// The version of `name` that `selector` picks, or `None`.
     pub async fn stat(&self, name: &str, selector: Selector) -> Result<Option<AssetInfo>, Error> {
-        let stat = self
-            .call(
-                || format!("looking up {name} in memseald"),
-                async |c| c.stat(name, selector).await,
-            )
-            .await;
-        absent_is_none(stat)
+        self.call_if_present(
+            || format!("looking up {name} in memseald"),
+            async |c| c.stat(name, selector).await,
+        )
+        .await
     }
 
     /// Fetch (map read-only) the version of `name` that `selector` picks,
     /// or `None` if the daemon no longer has it.
     pub async fn fetch(&self, name: &str, selector: Selector) -> Result<Option<Asset>, Error> {
-        let fetch = self
-            .call(
-                || format!("fetching {name} from memseald"),
-                async |c| c.fetch_with(name, selector).await,
-            )
-            .await;
-        absent_is_none(fetch)
+        self.call_if_present(
+            || format!("fetching {name} from memseald"),
+            async |c| c.fetch_with(name, selector).await,
+        )
+        .await
     }
 
     /// The latest version of every name under `prefix`.
@@ -125,12 +137,12 @@ impl Local {
     /// Remove one version of `name`; `false` if it was already gone.
     pub async fn remove(&self, name: &str, version: u64) -> Result<bool, Error> {
         let removed = self
-            .call(
+            .call_if_present(
                 || format!("removing version {version} of {name} from memseald"),
                 async |c| c.remove(name, Some(version)).await,
             )
-            .await;
-        Ok(absent_is_none(removed)?.is_some_and(|count| count > 0))
+            .await?;
+        Ok(removed.is_some_and(|count| count > 0))
     }
 
     /// Follow the changes under `prefix`, on a connection of its own.
@@ -142,15 +154,6 @@ impl Local {
             .into_watcher(prefix)
             .await
             .map_err(|e| Error::local(format!("watching {prefix:?} in memseald"), e))
-    }
-}
-
-/// A `NotFound` from the daemon as `None`.
-fn absent_is_none<T>(result: Result<T, Error>) -> Result<Option<T>, Error> {
-    match result {
-        Ok(value) => Ok(Some(value)),
-        Err(Error::Local { source, .. }) if source.code() == Some(ErrorCode::NotFound) => Ok(None),
-        Err(e) => Err(e),
     }
 }
 

@@ -22,7 +22,6 @@ use crate::error::Error;
 use crate::metrics::Counter;
 use crate::remote::ManifestRead;
 use crate::state::Record;
-use memseal::proto::message::hash_to_hex;
 use memseal::{AssetInfo, Event, Selector};
 use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex};
@@ -271,7 +270,7 @@ async fn refresh(
             return;
         }
     };
-    if hash_to_hex(&manifest.hash()) == record.blake3 {
+    if record.holds(&manifest.hash()) {
         // The same content under a new ETag (a push from another node that
         // carried the same bytes): remember the ETag, nothing to fetch.
         let result = agent.state().update(|records| {
@@ -320,7 +319,7 @@ async fn taken_over_locally(agent: &Agent, record: &Record) -> bool {
         }
     };
     let Some(latest) = latest else { return false };
-    if latest.version <= record.version || hash_to_hex(&latest.hash) == record.blake3 {
+    if latest.version <= record.version || record.holds(&latest.hash) {
         return false;
     }
     tracing::info!(

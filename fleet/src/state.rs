@@ -67,11 +67,16 @@ impl Record {
         }
     }
 
+    /// True if the recorded content is `hash`.
+    pub fn holds(&self, hash: &memseal::Hash) -> bool {
+        self.blake3 == hash_to_hex(hash)
+    }
+
     /// True if this records `info`: the same content under the same name,
     /// in that very version or in a pull still being published.
     pub fn is_of(&self, info: &AssetInfo) -> bool {
         self.name == info.name
-            && self.blake3 == hash_to_hex(&info.hash)
+            && self.holds(&info.hash)
             && (self.version == info.version || self.version == PENDING)
     }
 

@@ -42,6 +42,16 @@ pub enum Uploaded {
     },
 }
 
+impl std::fmt::Display for Uploaded {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Uploaded::Already => write!(f, "the store already had the blob"),
+            Uploaded::Written { parts: 1 } => write!(f, "blob uploaded"),
+            Uploaded::Written { parts } => write!(f, "blob uploaded in {parts} parts"),
+        }
+    }
+}
+
 /// Make sure the store holds `asset`'s bytes at `key`.
 pub async fn upload(
     store: &Arc<dyn ObjectStore>,

@@ -21,14 +21,14 @@
 use clap::Parser;
 use memseal::{Client, ConnectOptions};
 use memseal_fleet::agent::{Agent, Want};
+use memseal_fleet::cli::parse_size;
 use memseal_fleet::download::Transfer;
 use memseal_fleet::local::Local;
 use memseal_fleet::metrics::Metrics;
 use memseal_fleet::remote::Remote;
 use memseal_fleet::state::State;
+use memseal_fleet::test_server;
 use object_store::ObjectStoreExt;
-use std::io::{Read, Write};
-use std::net::{TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitCode, Stdio};
 use std::sync::Arc;
@@ -41,7 +41,7 @@ const BUCKET: &str = "bench";
 #[command(name = "memseal-fleet-bench", version, about)]
 struct Args {
     /// Asset sizes to measure (bytes, or with K, M, G)
-    #[arg(long, value_delimiter = ',', default_value = "64M,1G", value_parser = parse_bytes)]
+    #[arg(long, value_delimiter = ',', default_value = "64M,1G", value_parser = parse_size)]
     sizes: Vec<u64>,
     /// Measured rounds per size and method (after one untimed warm-up)
     #[arg(long, default_value_t = 5)]
@@ -56,21 +56,8 @@ struct Args {
     #[arg(long, default_value_t = 8)]
     connections: usize,
     /// Bytes per ranged GET
-    #[arg(long, default_value = "8M", value_parser = parse_bytes)]
+    #[arg(long, default_value = "8M", value_parser = parse_size)]
     piece_size: u64,
-}
-
-fn parse_bytes(text: &str) -> Result<u64, String> {
-    let (number, shift) = match text.trim().to_ascii_uppercase() {
-        t if t.ends_with('G') => (t[..t.len() - 1].to_owned(), 30),
-        t if t.ends_with('M') => (t[..t.len() - 1].to_owned(), 20),
-        t if t.ends_with('K') => (t[..t.len() - 1].to_owned(), 10),
-        t => (t, 0),
-    };
-    number
-        .parse::<u64>()
-        .map(|n| n << shift)
-        .map_err(|_| format!("'{text}' is not a size such as 64M or 1G"))
 }
 
 /// A child process killed when dropped.
@@ -135,7 +122,7 @@ fn bench(args: &Args) -> Result<(), String> {
         .map_err(|e| e.to_string())?;
 
     println!(
-        "server: moto_server (Python, in-process memory) on 127.0.0.1; {} rounds, medians; \
+        "server: moto_server (Python) on 127.0.0.1; {} rounds, medians; \
          pull: {} connections, {} MiB pieces\n",
         args.rounds,
         args.connections,
@@ -221,51 +208,14 @@ fn content(size: u64) -> Vec<u8> {
 
 /// moto_server on a free port, with the bench's bucket.
 fn start_server(program: Option<PathBuf>, dir: &Path) -> Result<(Process, u16), String> {
-    let program = match program {
-        Some(program) => program,
-        None => {
-            let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("../scripts/s3-test-server.sh");
-            let output = Command::new(script)
-                .stderr(Stdio::inherit())
-                .output()
-                .map_err(|e| format!("scripts/s3-test-server.sh: {e}"))?;
-            PathBuf::from(String::from_utf8_lossy(&output.stdout).trim())
-        }
-    };
-    let port = TcpListener::bind("127.0.0.1:0")
-        .and_then(|listener| listener.local_addr())
-        .map_err(|e| e.to_string())?
-        .port();
-    let log = std::fs::File::create(dir.join("moto.log")).map_err(|e| e.to_string())?;
-    let child = Command::new(&program)
-        .args(["-H", "127.0.0.1", "-p", &port.to_string()])
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(log)
-        .spawn()
+    let program = program
+        .or_else(test_server::moto_server)
+        .ok_or("moto_server could not be installed (scripts/s3-test-server.sh)")?;
+    let (child, port) = test_server::start_on_free_port(&program, &[], &dir.join("moto.log"))
         .map_err(|e| format!("starting {}: {e}", program.display()))?;
     let server = Process(child);
-    let deadline = Instant::now() + Duration::from_secs(30);
-    // An unsigned PUT creates a bucket on a moto that checks no signatures.
-    while http_status(port, &format!("PUT /{BUCKET}")) != Some(200) {
-        if Instant::now() > deadline {
-            return Err("moto_server did not start within 30 s".into());
-        }
-        std::thread::sleep(Duration::from_millis(100));
-    }
+    test_server::create_bucket(port, BUCKET)?;
     Ok((server, port))
-}
-
-fn http_status(port: u16, request_line: &str) -> Option<u16> {
-    let mut stream = TcpStream::connect(("127.0.0.1", port)).ok()?;
-    write!(
-        stream,
-        "{request_line} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
-    )
-    .ok()?;
-    let mut answer = String::new();
-    stream.read_to_string(&mut answer).ok()?;
-    answer.split_whitespace().nth(1)?.parse().ok()
 }
 
 /// A memseald with room for the largest asset twice over.

@@ -24,17 +24,11 @@ fn pulled_versions_make_room_least_recently_used_first() {
         .enumerate()
         .map(|(i, name)| (name.to_string(), pattern(8 * MIB, 50 + i as u64)))
         .collect();
-    let mut a_client = a.daemon.client();
     for (name, bytes) in &assets {
-        a_client.publish_bytes(name, bytes).unwrap();
-        a.fleet_ok(["push", name]);
+        a.publish_and_push(name, bytes);
     }
-    let big = pattern(20 * MIB, 60);
-    a_client.publish_bytes("p/big", &big).unwrap();
-    a.fleet_ok(["push", "p/big"]);
-    let huge = pattern(30 * MIB, 61);
-    a_client.publish_bytes("p/huge", &huge).unwrap();
-    a.fleet_ok(["push", "p/huge"]);
+    a.publish_and_push("p/big", &pattern(20 * MIB, 60));
+    a.publish_and_push("p/huge", &pattern(30 * MIB, 61));
 
     // 6 MiB published on B itself, then two pulls: 22 of 24 MiB in use.
     let mut client = b.daemon.client();

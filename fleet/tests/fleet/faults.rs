@@ -1,6 +1,6 @@
 //! The store or the agent failing, and a wrong set-up.
 
-use crate::support::{eventually, Node, S3Server};
+use crate::support::{Background, Node, S3Server};
 use memseal::{ErrorCode, Selector};
 use memseal_tests::pattern;
 use std::time::{Duration, Instant};
@@ -28,14 +28,23 @@ fn assert_absent(node: &Node, name: &str) {
     assert_eq!(client.status().unwrap().versions, 0);
 }
 
-/// Wait until the server has answered a GET of some blob.
-fn wait_for_download(server: &S3Server) {
+/// Node A publishes and pushes 48 MiB of `seed`; node B starts a slow
+/// pull of it. Returns once the server has begun to send the blob.
+fn begin_slow_pull(server: &S3Server, seed: u64) -> (Node, Node, Vec<u8>, Background) {
+    let (a, b) = (Node::new(server), Node::new(server));
+    let bytes = pattern(48 * MIB, seed);
+    a.publish_and_push("models/big", &bytes);
+    let mut args = vec!["pull", "models/big"];
+    args.extend(SLOW_PULL);
+    let pull = b.spawn_fleet(args);
     assert!(
-        eventually(Duration::from_secs(20), || server.requests("GET", "blobs/")
-            > 0),
+        b.daemon
+            .eventually(Duration::from_secs(20), || server.requests("GET", "blobs/")
+                > 0),
         "the download did not start:\n{}",
         server.log_text()
     );
+    (a, b, bytes, pull)
 }
 
 #[test]
@@ -44,18 +53,7 @@ fn the_store_dies_mid_download_and_the_agent_recovers() {
     else {
         return;
     };
-    let (a, b) = (Node::new(&server), Node::new(&server));
-    let bytes = pattern(48 * MIB, 40);
-    a.daemon
-        .client()
-        .publish_bytes("models/big", &bytes)
-        .unwrap();
-    a.fleet_ok(["push", "models/big"]);
-
-    let mut args = vec!["pull", "models/big"];
-    args.extend(SLOW_PULL);
-    let mut pull = b.spawn_fleet(args);
-    wait_for_download(&server);
+    let (a, b, bytes, mut pull) = begin_slow_pull(&server, 40);
     server.kill();
     std::thread::sleep(Duration::from_millis(500));
     assert_absent(&b, "models/big");
@@ -82,18 +80,7 @@ fn an_agent_killed_mid_pull_leaves_nothing_and_the_next_pull_works() {
     else {
         return;
     };
-    let (a, b) = (Node::new(&server), Node::new(&server));
-    let bytes = pattern(48 * MIB, 41);
-    a.daemon
-        .client()
-        .publish_bytes("models/big", &bytes)
-        .unwrap();
-    a.fleet_ok(["push", "models/big"]);
-
-    let mut args = vec!["pull", "models/big"];
-    args.extend(SLOW_PULL);
-    let mut pull = b.spawn_fleet(args);
-    wait_for_download(&server);
+    let (_a, b, bytes, mut pull) = begin_slow_pull(&server, 41);
     pull.kill();
     assert_absent(&b, "models/big");
 

@@ -42,11 +42,8 @@ fn corrupted_truncated_and_swapped_objects_are_refused() {
     let (a, b) = (Node::new(&server), Node::new(&server));
     let x = pattern(3 * MIB + 123, 20);
     let y = pattern(3 * MIB + 123, 21);
-    let mut client = a.daemon.client();
-    client.publish_bytes("models/x", &x).unwrap();
-    client.publish_bytes("models/y", &y).unwrap();
-    a.fleet_ok(["push", "models/x"]);
-    a.fleet_ok(["push", "models/y"]);
+    a.publish_and_push("models/x", &x);
+    a.publish_and_push("models/y", &y);
     let store = server.store();
     let x_key = blob_key(&x);
 
@@ -93,8 +90,7 @@ fn a_push_restores_a_blob_the_store_lost() {
     };
     let (a, b) = (Node::new(&server), Node::new(&server));
     let bytes = pattern(MIB, 30);
-    a.daemon.client().publish_bytes("models/x", &bytes).unwrap();
-    a.fleet_ok(["push", "models/x"]);
+    a.publish_and_push("models/x", &bytes);
     let store = server.store();
     write_object(&store, &blob_key(&bytes), bytes[..1000].to_vec());
 

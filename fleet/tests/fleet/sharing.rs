@@ -1,6 +1,6 @@
 //! Node to node through the bucket.
 
-use crate::support::{blob_key, eventually, key, read_object, Node, S3Server};
+use crate::support::{blob_key, key, read_object, Node, S3Server};
 use memseal::{Event, Selector};
 use memseal_tests::pattern;
 use std::time::Duration;
@@ -100,11 +100,8 @@ fn a_pin_by_hash_pulls_exactly_that_content() {
     let (a, b) = (Node::new(&server), Node::new(&server));
     let old = pattern(MIB, 2);
     let new = pattern(MIB, 3);
-    let mut client = a.daemon.client();
-    client.publish_bytes("dict/en", &old).unwrap();
-    a.fleet_ok(["push", "dict/en"]);
-    client.publish_bytes("dict/en", &new).unwrap();
-    a.fleet_ok(["push", "dict/en"]);
+    a.publish_and_push("dict/en", &old);
+    a.publish_and_push("dict/en", &new);
 
     // The manifest names the new content; the pin asks for the old one.
     let old_hex = blake3::hash(&old).to_hex().to_string();
@@ -141,8 +138,9 @@ fn a_new_version_reaches_node_b_and_its_watchers() {
     a.daemon.client().publish_bytes("models/m", &v1).unwrap();
     let v1_hex = blake3::hash(&v1).to_hex().to_string();
     assert!(
-        eventually(Duration::from_secs(30), || manifest_hash()
-            == Some(v1_hex.as_str().into())),
+        a.daemon
+            .eventually(Duration::from_secs(30), || manifest_hash()
+                == Some(v1_hex.as_str().into())),
         "A's agent did not push version 1:\n{}",
         a_agent.output()
     );

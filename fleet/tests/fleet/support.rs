@@ -2,14 +2,13 @@
 //! (moto_server, installed by scripts/s3-test-server.sh) on 127.0.0.1 over
 //! HTTP, real memseald daemons as nodes, and the real memseal-fleet binary.
 
+use memseal_fleet::test_server;
 use memseal_tests::Daemon;
 use object_store::aws::AmazonS3Builder;
 use object_store::path::Path as Key;
 use object_store::{ObjectStore, ObjectStoreExt, PutPayload};
 use std::fs;
-use std::io::{Read, Write};
-use std::net::{TcpListener, TcpStream};
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::{Child, Command, ExitStatus, Output, Stdio};
 use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
@@ -24,26 +23,12 @@ pub fn remote() -> String {
     format!("s3://{BUCKET}/{PREFIX}")
 }
 
-/// The moto_server program, installed on first use by the project's
-/// script (scripts/test installs it up front), or `None` if it cannot be
-/// had; the caller then skips, which MEMSEAL_REQUIRE_ALL=1 turns into a
-/// failure.
+/// The moto_server program (installed on first use; scripts/test installs
+/// it up front), or `None` if it cannot be had; the caller then skips,
+/// which MEMSEAL_REQUIRE_ALL=1 turns into a failure.
 fn moto_server() -> Option<PathBuf> {
     static SERVER: OnceLock<Option<PathBuf>> = OnceLock::new();
-    SERVER
-        .get_or_init(|| {
-            if let Some(path) = std::env::var_os("MEMSEAL_S3_SERVER") {
-                return Some(PathBuf::from(path));
-            }
-            let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
-            let output = Command::new(root.join("scripts/s3-test-server.sh"))
-                .stderr(Stdio::inherit())
-                .output()
-                .ok()?;
-            let path = String::from_utf8(output.stdout).ok()?;
-            (output.status.success() && !path.trim().is_empty()).then(|| PathBuf::from(path.trim()))
-        })
-        .clone()
+    SERVER.get_or_init(test_server::moto_server).clone()
 }
 
 /// A running moto_server, killed when dropped.
@@ -82,93 +67,36 @@ impl S3Server {
             .prefix("memseal-s3-")
             .tempdir()
             .expect("temporary directory");
-        let mut server = S3Server {
-            child: None,
-            port: 0,
-            log: dir.path().join("moto.log"),
-            env: env
-                .iter()
-                .map(|(k, v)| (k.to_string(), v.to_string()))
-                .collect(),
+        let log = dir.path().join("moto.log");
+        let env: Vec<(String, String)> = env
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        let (child, port) =
+            test_server::start_on_free_port(&program, &env, &log).unwrap_or_else(|e| {
+                panic!(
+                    "moto_server did not start ({e}):\n{}",
+                    fs::read_to_string(&log).unwrap_or_default()
+                )
+            });
+        let server = S3Server {
+            child: Some(child),
+            port,
+            log,
+            env,
             _dir: dir,
         };
-        // A free port: let the kernel pick one, then hand it to moto. If
-        // another process takes it in between, try another.
-        for _ in 0..5 {
-            server.port = TcpListener::bind("127.0.0.1:0")
-                .and_then(|l| l.local_addr())
-                .expect("a free port")
-                .port();
-            if server.spawn(&program) {
-                if env.is_empty() {
-                    server.create_bucket(BUCKET);
-                }
-                return Some(server);
-            }
-        }
-        panic!("moto_server did not start:\n{}", server.log_text());
+        server.create_bucket();
+        Some(server)
     }
 
-    /// Start moto on `self.port`; false if it exited (port taken).
-    fn spawn(&mut self, program: &Path) -> bool {
-        let log = fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(&self.log)
-            .expect("log file");
-        let mut command = Command::new(program);
-        command
-            .args(["-H", "127.0.0.1", "-p", &self.port.to_string()])
-            .env("PYTHONUNBUFFERED", "1")
-            .stdin(Stdio::null())
-            .stdout(log.try_clone().expect("log file"))
-            .stderr(log);
-        for (key, value) in &self.env {
-            command.env(key, value);
+    /// The test bucket, unless the server checks signatures (it would
+    /// refuse the unsigned request; the tests that ask for such a server
+    /// need no bucket).
+    fn create_bucket(&self) {
+        if self.env.is_empty() {
+            test_server::create_bucket(self.port, BUCKET).expect("the test bucket");
         }
-        let mut child = command.spawn().expect("spawn moto_server");
-        let deadline = Instant::now() + Duration::from_secs(30);
-        while Instant::now() < deadline {
-            if child.try_wait().expect("wait").is_some() {
-                // Exited (the port was taken); already reaped.
-                let _ = child.wait();
-                return false;
-            }
-            if self.http("GET", "/moto-api/").is_some() {
-                self.child = Some(child);
-                return true;
-            }
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        let _ = child.kill();
-        let _ = child.wait();
-        panic!(
-            "moto_server did not answer within 30 s:\n{}",
-            self.log_text()
-        );
-    }
-
-    /// One plain HTTP request; the status code, if anything answered.
-    fn http(&self, method: &str, path: &str) -> Option<u16> {
-        let mut stream = TcpStream::connect(("127.0.0.1", self.port)).ok()?;
-        stream
-            .set_read_timeout(Some(Duration::from_secs(10)))
-            .ok()?;
-        let request = format!(
-            "{method} {path} HTTP/1.1\r\nHost: 127.0.0.1:{}\r\nContent-Length: 0\r\nConnection: close\r\n\r\n",
-            self.port
-        );
-        stream.write_all(request.as_bytes()).ok()?;
-        let mut answer = String::new();
-        let _ = stream.read_to_string(&mut answer);
-        answer.split_whitespace().nth(1)?.parse().ok()
-    }
-
-    /// Create a bucket (moto takes an unsigned request for that when it
-    /// does not check signatures).
-    fn create_bucket(&self, bucket: &str) {
-        let status = self.http("PUT", &format!("/{bucket}"));
-        assert_eq!(status, Some(200), "create the bucket {bucket}");
     }
 
     /// SIGKILL the server: every connection dies mid-transfer, and its
@@ -185,13 +113,16 @@ impl S3Server {
         let program = moto_server().expect("installed");
         let deadline = Instant::now() + Duration::from_secs(30);
         // The port can stay busy for a moment after the kill.
-        while !self.spawn(&program) {
-            assert!(Instant::now() < deadline, "moto_server did not restart");
-            std::thread::sleep(Duration::from_millis(200));
+        loop {
+            match test_server::start(&program, self.port, &self.env, &self.log) {
+                Ok(child) => break self.child = Some(child),
+                Err(test_server::StartError::PortTaken) if Instant::now() < deadline => {
+                    std::thread::sleep(Duration::from_millis(200));
+                }
+                Err(e) => panic!("moto_server did not restart ({e}):\n{}", self.log_text()),
+            }
         }
-        if self.env.is_empty() {
-            self.create_bucket(BUCKET);
-        }
+        self.create_bucket();
     }
 
     /// The environment a client of this server needs.
@@ -301,6 +232,13 @@ impl Node {
             remote: remote(),
             env: server.client_env(),
         }
+    }
+
+    /// Publish `bytes` as `name` on this node's daemon and push that
+    /// version to the store.
+    pub fn publish_and_push(&self, name: &str, bytes: &[u8]) {
+        self.daemon.client().publish_bytes(name, bytes).unwrap();
+        self.fleet_ok(["push", name]);
     }
 
     /// `memseal-fleet ARGS` for this node: its socket, the test remote, its
@@ -451,16 +389,4 @@ impl Drop for Background {
     fn drop(&mut self) {
         self.kill();
     }
-}
-
-/// Poll `condition` every 20 ms for up to `timeout`.
-pub fn eventually(timeout: Duration, mut condition: impl FnMut() -> bool) -> bool {
-    let deadline = Instant::now() + timeout;
-    while Instant::now() < deadline {
-        if condition() {
-            return true;
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    condition()
 }

@@ -74,8 +74,8 @@ pub struct Global {
           value_parser = clap::value_parser!(u16).range(1..=256))]
     pub connections: u16,
 
-    /// Bytes per ranged GET and per uploaded part, rounded up to a power of
-    /// two (e.g. 8M, 16MiB)
+    /// Bytes per ranged GET (rounded up to a power of two) and per uploaded
+    /// part (at least 5MiB), e.g. 8M, 64MiB
     #[arg(long, global = true, value_name = "BYTES", default_value = "8MiB",
           value_parser = parse_size)]
     pub piece_size: u64,

@@ -1,12 +1,10 @@
 //! The async client, for tokio programs (feature `tokio`).
 //!
-//! [`AsyncClient`] makes the same requests as the blocking
-//! [`Client`](crate::Client) and accepts the same answers: both build and
-//! check them in `protocol`, and both verify descriptors with
-//! [`verify_with`](crate::verify_with). Only the movement of bytes differs.
-//! Frames go out through the same `FrameWriter` and come in through the
-//! same `FrameReader` (`recvmsg` with `MSG_CMSG_CLOEXEC`), each step run
-//! inside tokio's `try_io`, so a step that would block clears the socket's
+//! [`AsyncClient`] runs the same operations as the blocking
+//! [`Client`](crate::Client), from `protocol`, and verifies descriptors
+//! with the same [`verify_with`](crate::verify_with). Only the movement of
+//! frames differs: it goes through `memseal_proto::tokio_io`, the driver
+//! the daemon uses too, so a step that would block clears the socket's
 //! readiness and the task sleeps until the socket is ready again.
 //!
 //! There is no built-in timeout: wrap calls in `tokio::time::timeout`. A
@@ -26,20 +24,18 @@ use crate::connect::ConnectOptions;
 use crate::error::Error;
 use crate::options::MapOptions;
 use crate::private::PrivateCopy;
-use crate::protocol;
+use crate::protocol::{self, Action, Operation, Session, Step};
 use crate::verify::{check_sealed, verify_private, verify_with};
 use memseal_proto::codec::{self, Decoded};
-use memseal_proto::wire::{FrameReader, FrameWriter};
+use memseal_proto::tokio_io;
+use memseal_proto::wire::FrameBuffer;
 use memseal_proto::{
-    AssetInfo, Event, FrameError, Limits, PublishSource, Request, Response, Selector, ServerStatus,
+    AssetInfo, Event, FrameError, Limits, Request, Response, Selector, ServerStatus,
 };
-use rustix::net::{send, SendFlags};
 use std::fmt;
 use std::fs::File;
-use std::io;
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::path::{Path, PathBuf};
-use tokio::io::Interest;
 use tokio::net::UnixStream;
 
 /// A connection to memseald for async code: the operations of
@@ -59,20 +55,24 @@ pub struct AsyncClient {
     server: String,
     limits: Limits,
     options: ConnectOptions,
-    requests: u64,
 }
 
-/// The socket and the frame being read from it, with the bookkeeping that
-/// tells whether the stream's position is still known.
+/// The socket, the frames arriving on it, and the session.
 struct AsyncSocket {
     stream: UnixStream,
-    reader: FrameReader,
-    /// Set when an exchange starts and cleared when it ends; still set at
-    /// the start of the next one means the last was dropped half-way.
-    in_flight: bool,
-    /// Set once an error or a dropped exchange left the stream unusable.
-    lost: bool,
+    buffer: FrameBuffer,
+    session: Session,
 }
+
+/// The body of a streamed publish: exactly `size` bytes from a reader of
+/// the caller's.
+struct Reader<R> {
+    source: R,
+    size: u64,
+}
+
+/// The body type of operations that have none.
+type NoBody = Option<Reader<tokio::io::Empty>>;
 
 impl AsyncClient {
     /// Connect with `options`: check the daemon's user, then greet it.
@@ -89,21 +89,18 @@ impl AsyncClient {
         options.check_peer(stream.as_fd(), &choice)?;
         let mut socket = AsyncSocket {
             stream,
-            reader: FrameReader::new(),
-            in_flight: false,
-            lost: false,
+            buffer: FrameBuffer::new(),
+            session: Session::default(),
         };
-        let hello = protocol::hello(options.greeting_name());
-        socket.begin()?;
-        let answer = socket.call_plain(&hello).await;
-        let (server, limits) = socket.end(protocol::welcome(answer))?;
+        let (server, limits) = socket
+            .run(protocol::hello(options.greeting_name()), NoBody::None)
+            .await?;
         Ok(AsyncClient {
             socket,
             socket_path: path,
             server,
             limits,
             options: options.clone(),
-            requests: 0,
         })
     }
 
@@ -130,7 +127,7 @@ impl AsyncClient {
 
     /// How many requests this client has sent, the handshake not counted.
     pub fn requests_sent(&self) -> u64 {
-        self.requests
+        self.socket.session.requests()
     }
 
     /// Publish `bytes` as the next version of `name`, streaming them.
@@ -146,48 +143,27 @@ impl AsyncClient {
     pub async fn publish_reader(
         &mut self,
         name: &str,
-        mut reader: impl tokio::io::AsyncRead + Unpin,
+        reader: impl tokio::io::AsyncRead + Unpin,
         size: u64,
     ) -> Result<AssetInfo, Error> {
-        use tokio::io::AsyncReadExt;
-        let request = Request::Publish {
-            name: name.to_owned(),
-            size,
-            source: PublishSource::Stream,
-        };
-        self.requests += 1;
-        let socket = &mut self.socket;
-        socket.begin()?;
-        let result = async {
-            protocol::proceed(socket.call_plain(&request).await?)?;
-            let mut buffer = protocol::stream_buffer(size);
-            let mut left = size;
-            while left > 0 {
-                let want = buffer
-                    .len()
-                    .min(usize::try_from(left).unwrap_or(usize::MAX));
-                let got = match reader.read(&mut buffer[..want]).await {
-                    Ok(0) => return Err(protocol::upload_ended(size - left, size)),
-                    Ok(got) => got,
-                    Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
-                    Err(e) => return Err(protocol::upload_unreadable(e)),
-                };
-                if let Err(e) = socket.send_raw(&buffer[..got]).await {
-                    return Err(socket.reason_for_hangup(e).await);
-                }
-                left -= got as u64;
-            }
-            protocol::published(socket.receive().await?.message)
-        }
-        .await;
-        socket.end(result)
+        let publish = protocol::publish_stream(name, size);
+        self.socket
+            .run(
+                publish,
+                Some(Reader {
+                    source: reader,
+                    size,
+                }),
+            )
+            .await
     }
 
-    /// Publish the whole of a regular file; the daemon copies it
-    /// kernel-side. See [`Client::publish_file`](crate::Client::publish_file).
+    /// Publish the whole of a regular file; the daemon copies it. See
+    /// [`Client::publish_file`](crate::Client::publish_file).
     pub async fn publish_file(&mut self, name: &str, file: &File) -> Result<AssetInfo, Error> {
         let size = regular_file_size(file)?;
-        self.publish_descriptor(name, size, file.as_fd()).await
+        let publish = protocol::publish_descriptor(name, size, file.as_fd());
+        self.socket.run(publish, NoBody::None).await
     }
 
     /// Publish a memfd the caller sealed; the daemon adopts it without a
@@ -198,7 +174,8 @@ impl AsyncClient {
         memfd: BorrowedFd<'_>,
     ) -> Result<AssetInfo, Error> {
         let size = check_sealed(memfd)?;
-        self.publish_descriptor(name, size, memfd).await
+        let publish = protocol::publish_descriptor(name, size, memfd);
+        self.socket.run(publish, NoBody::None).await
     }
 
     /// Fetch the latest version of `name`.
@@ -238,50 +215,38 @@ impl AsyncClient {
         Ok(PrivateCopy::new(info, map, fd))
     }
 
+    async fn fetch_descriptor(
+        &mut self,
+        name: &str,
+        selector: Selector,
+    ) -> Result<(AssetInfo, OwnedFd), Error> {
+        self.socket
+            .run(protocol::fetch(name, selector), NoBody::None)
+            .await
+    }
+
     /// The metadata of the version of `name` that `selector` picks.
     pub async fn stat(&mut self, name: &str, selector: Selector) -> Result<AssetInfo, Error> {
-        let request = protocol::stat(name, selector);
-        self.requests += 1;
-        self.socket.begin()?;
-        let answer = self.socket.call_plain(&request).await;
-        self.socket.end(answer.and_then(protocol::info))
+        self.socket
+            .run(protocol::stat(name, selector), NoBody::None)
+            .await
     }
 
     /// The latest version of every name under `prefix`, in name order.
     pub async fn list(&mut self, prefix: &str) -> Result<Vec<AssetInfo>, Error> {
-        let mut assets = Vec::new();
-        let mut start_after: Option<String> = None;
-        loop {
-            let request = protocol::list(prefix, start_after.clone());
-            self.requests += 1;
-            self.socket.begin()?;
-            let answer = self.socket.call_plain(&request).await;
-            let (page, next) = self
-                .socket
-                .end(answer.and_then(|answer| protocol::listing(answer, start_after.as_ref())))?;
-            assets.extend(page);
-            match next {
-                None => return Ok(assets),
-                Some(cursor) => start_after = Some(cursor),
-            }
-        }
+        self.socket.run(protocol::list(prefix), NoBody::None).await
     }
 
     /// Remove one version of `name`, or all of them; returns how many went.
     pub async fn remove(&mut self, name: &str, version: Option<u64>) -> Result<u64, Error> {
-        let request = protocol::remove(name, version);
-        self.requests += 1;
-        self.socket.begin()?;
-        let answer = self.socket.call_plain(&request).await;
-        self.socket.end(answer.and_then(protocol::removed))
+        self.socket
+            .run(protocol::remove(name, version), NoBody::None)
+            .await
     }
 
     /// The daemon's counters.
     pub async fn status(&mut self) -> Result<ServerStatus, Error> {
-        self.requests += 1;
-        self.socket.begin()?;
-        let answer = self.socket.call_plain(&Request::Status).await;
-        self.socket.end(answer.and_then(protocol::status))
+        self.socket.run(protocol::status(), NoBody::None).await
     }
 
     /// Subscribe to the changes of the names under `prefix`, on a new
@@ -295,50 +260,13 @@ impl AsyncClient {
 
     /// Turn this connection into a watch of the names under `prefix`.
     pub async fn into_watcher(mut self, prefix: &str) -> Result<AsyncWatcher, Error> {
-        let request = protocol::watch(prefix);
-        self.socket.begin()?;
-        let answer = self.socket.call_plain(&request).await;
-        self.socket.end(answer.and_then(protocol::watching))?;
+        self.socket
+            .run(protocol::watch(prefix), NoBody::None)
+            .await?;
         Ok(AsyncWatcher {
             socket: self.socket,
             prefix: prefix.to_owned(),
         })
-    }
-
-    async fn fetch_descriptor(
-        &mut self,
-        name: &str,
-        selector: Selector,
-    ) -> Result<(AssetInfo, OwnedFd), Error> {
-        let request = protocol::fetch(name, selector);
-        self.requests += 1;
-        self.socket.begin()?;
-        let answer = self.socket.call(&request, None).await;
-        self.socket.end(answer.and_then(protocol::asset))
-    }
-
-    async fn publish_descriptor(
-        &mut self,
-        name: &str,
-        size: u64,
-        fd: BorrowedFd<'_>,
-    ) -> Result<AssetInfo, Error> {
-        let request = Request::Publish {
-            name: name.to_owned(),
-            size,
-            source: PublishSource::Descriptor,
-        };
-        self.requests += 1;
-        let socket = &mut self.socket;
-        socket.begin()?;
-        let result = async {
-            if let Err(e) = socket.send(&request, Some(fd)).await {
-                return Err(socket.reason_for_hangup(e).await);
-            }
-            protocol::published(socket.receive().await?.message)
-        }
-        .await;
-        socket.end(result)
     }
 }
 
@@ -347,7 +275,7 @@ impl fmt::Debug for AsyncClient {
         f.debug_struct("AsyncClient")
             .field("socket_path", &self.socket_path)
             .field("server", &self.server)
-            .field("lost", &self.socket.lost)
+            .field("lost", &self.socket.session.is_lost())
             .finish()
     }
 }
@@ -372,7 +300,7 @@ impl AsyncWatcher {
     /// An error ends the watch, as for
     /// [`Watcher::next_event`](crate::Watcher::next_event).
     pub async fn next_event(&mut self) -> Result<Event, Error> {
-        if self.socket.lost {
+        if self.socket.session.is_lost() {
             return Err(Error::ConnectionLost);
         }
         // No `begin`/`end` here: `receive` keeps its progress in the frame
@@ -398,137 +326,96 @@ impl fmt::Debug for AsyncWatcher {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("AsyncWatcher")
             .field("prefix", &self.prefix)
-            .field("closed", &self.socket.lost)
+            .field("closed", &self.socket.session.is_lost())
             .finish()
     }
 }
 
 impl AsyncSocket {
-    /// Start an exchange, refusing if the stream's position is unknown.
-    fn begin(&mut self) -> Result<(), Error> {
-        if self.in_flight {
-            // The previous exchange's future was dropped before it ended.
-            self.abandon();
+    /// Run one operation to its end: the async twin of the blocking
+    /// driver's loop (see `protocol::Operation`).
+    async fn run<O: Operation, R: tokio::io::AsyncRead + Unpin>(
+        &mut self,
+        mut operation: O,
+        mut body: Option<Reader<R>>,
+    ) -> Result<O::Output, Error> {
+        if let Err(e) = self.session.begin() {
+            self.shut_down();
+            return Err(e);
         }
-        if self.lost {
-            return Err(Error::ConnectionLost);
-        }
-        self.in_flight = true;
-        Ok(())
-    }
-
-    /// End an exchange; an error that leaves the stream unusable ends the
-    /// connection, by the same rule as the blocking client.
-    fn end<T>(&mut self, result: Result<T, Error>) -> Result<T, Error> {
-        self.in_flight = false;
-        if let Err(e) = &result {
-            if e.breaks_connection() {
-                self.abandon();
-            }
+        let mut step = operation.start();
+        let result = loop {
+            step = match step {
+                Step::Done(result) => break result,
+                Step::Next(Action::Send(request)) => {
+                    self.session.count(&request);
+                    let fd = (request.fd_count() > 0)
+                        .then(|| operation.descriptor())
+                        .flatten();
+                    let sent = self.send(&request, fd).await;
+                    operation.sent(sent)
+                }
+                Step::Next(Action::SendBody) => {
+                    let reader = body.as_mut().expect("a streamed publish has a body");
+                    let sent = self.send_body(reader).await;
+                    operation.sent(sent)
+                }
+                Step::Next(Action::Receive) => {
+                    let received = self.receive().await;
+                    operation.received(received)
+                }
+            };
+        };
+        if self.session.end(&result) {
+            self.shut_down();
         }
         result
     }
 
+    /// Send every byte of a streamed publish's body.
+    async fn send_body<R: tokio::io::AsyncRead + Unpin>(
+        &mut self,
+        body: &mut Reader<R>,
+    ) -> Result<(), Error> {
+        use tokio::io::AsyncReadExt;
+        let mut upload = protocol::Upload::new(body.size);
+        while let Some(room) = upload.room() {
+            let read = loop {
+                match body.source.read(room).await {
+                    Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+                    read => break read,
+                }
+            };
+            let chunk = upload.filled(read)?;
+            tokio_io::write_raw(&self.stream, chunk)
+                .await
+                .map_err(Error::Io)?;
+        }
+        Ok(())
+    }
+
     fn abandon(&mut self) {
-        self.lost = true;
-        self.in_flight = false;
+        self.session.abandon();
+        self.shut_down();
+    }
+
+    fn shut_down(&self) {
         let _ = rustix::net::shutdown(&self.stream, rustix::net::Shutdown::Both);
     }
 
     async fn send(&mut self, request: &Request, fd: Option<BorrowedFd<'_>>) -> Result<(), Error> {
         let frame = codec::encode_request(request).map_err(Error::Protocol)?;
-        let mut writer = FrameWriter::new(frame, fd);
-        while !writer.is_done() {
-            self.stream.writable().await.map_err(Error::Io)?;
-            // The first step sends the descriptor through sendfd, which
-            // runs its own `try_io`; nesting it in this one is harmless.
-            match self
-                .stream
-                .try_io(Interest::WRITABLE, || writer.write_step(&self.stream))
-            {
-                Ok(()) => {}
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
-                Err(e) => return Err(Error::Io(e)),
-            }
-        }
-        Ok(())
+        tokio_io::write_frame(&self.stream, frame, fd)
+            .await
+            .map_err(Error::Io)
     }
 
-    async fn send_raw(&mut self, mut bytes: &[u8]) -> Result<(), Error> {
-        while !bytes.is_empty() {
-            self.stream.writable().await.map_err(Error::Io)?;
-            let sent = self.stream.try_io(Interest::WRITABLE, || {
-                send(&self.stream, bytes, SendFlags::NOSIGNAL).map_err(io::Error::from)
-            });
-            match sent {
-                Ok(0) => return Err(Error::Io(io::ErrorKind::WriteZero.into())),
-                Ok(n) => bytes = &bytes[n..],
-                Err(e)
-                    if matches!(
-                        e.kind(),
-                        io::ErrorKind::WouldBlock | io::ErrorKind::Interrupted
-                    ) => {}
-                Err(e) => return Err(Error::Io(e)),
-            }
-        }
-        Ok(())
-    }
-
+    /// The next response; cancel-safe (progress stays in the buffer).
     async fn receive(&mut self) -> Result<Decoded<Response>, Error> {
-        loop {
-            let fd = self.stream.as_fd();
-            // A frame that arrived with an earlier read waits in the
-            // reader's buffer, where no readiness will announce it.
-            if self.reader.has_frame() {
-                match self.reader.read_step(fd) {
-                    Ok(Some(frame)) => return protocol::decode(frame),
-                    Ok(None) => {}
-                    Err(e) => return Err(Error::Protocol(e)),
-                }
-                continue;
-            }
-            self.stream.readable().await.map_err(Error::Io)?;
-            // Only an I/O error travels as the `try_io` error, so that
-            // `WouldBlock` clears tokio's readiness; framing errors ride in
-            // the success value.
-            let step = self
-                .stream
-                .try_io(Interest::READABLE, || match self.reader.read_step(fd) {
-                    Err(FrameError::Io(e)) => Err(e),
-                    other => Ok(other),
-                });
-            match step {
-                Ok(Ok(Some(frame))) => return protocol::decode(frame),
-                Ok(Ok(None)) => {}
-                Ok(Err(e)) => return Err(Error::Protocol(e)),
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
-                Err(e) => return Err(Error::Io(e)),
-            }
-        }
-    }
-
-    async fn call(
-        &mut self,
-        request: &Request,
-        fd: Option<BorrowedFd<'_>>,
-    ) -> Result<Decoded<Response>, Error> {
-        self.send(request, fd).await?;
-        self.receive().await
-    }
-
-    async fn call_plain(&mut self, request: &Request) -> Result<Response, Error> {
-        Ok(self.call(request, None).await?.message)
-    }
-
-    /// See the blocking client: a daemon that hung up during a publish has
-    /// usually said why first.
-    async fn reason_for_hangup(&mut self, error: Error) -> Error {
-        if !protocol::is_hangup(&error) {
-            return error;
-        }
-        match self.receive().await {
-            Err(reason @ Error::Server { .. }) => reason,
-            _ => error,
+        match tokio_io::next_frame(&self.stream, &mut self.buffer).await {
+            Ok(frame) => protocol::decode(frame),
+            Err(FrameError::Io(e)) => Err(Error::Io(e)),
+            Err(e) => Err(Error::Protocol(e)),
         }
     }
 }

@@ -1,8 +1,12 @@
 //! The [`Client`]: one request at a time, in order, over one connection.
+//!
+//! Each method builds one operation of `protocol` and hands it to the
+//! blocking `connection`, which moves its frames; verification and mapping
+//! of what a fetch returns are `verify`'s.
 
 use crate::asset::Asset;
-use crate::connect::ConnectOptions;
-use crate::connection::Connection;
+use crate::connect::{ConnectOptions, Opened};
+use crate::connection::{Body, Bytes, Connection, NoBody, Reader};
 use crate::error::Error;
 use crate::options::MapOptions;
 use crate::private::PrivateCopy;
@@ -10,11 +14,11 @@ use crate::protocol;
 use crate::verify::{check_sealed, file_type_name, verify_private, verify_with};
 use crate::watch::Watcher;
 use memseal_proto::paths::SocketChoice;
-use memseal_proto::{AssetInfo, Limits, PublishSource, Request, Selector, ServerStatus};
+use memseal_proto::{AssetInfo, Limits, Selector, ServerStatus};
 use rustix::fs::{fstat, FileType};
 use std::fs::File;
 use std::io::{self, Read};
-use std::os::fd::{AsFd, BorrowedFd};
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::path::Path;
 
 /// A connection to memseald.
@@ -36,33 +40,28 @@ pub struct Client {
     /// How this client connected, so [`Client::watch`] can open a second
     /// connection the same way.
     options: ConnectOptions,
-    /// Requests sent so far, handshake excluded.
-    requests: u64,
 }
 
-impl Client {
-    pub(crate) fn new(
-        connection: Connection,
-        socket: SocketChoice,
-        server: String,
-        limits: Limits,
-        options: ConnectOptions,
-    ) -> Client {
-        Client {
+impl ConnectOptions {
+    /// Connect, check the daemon's user, and perform the handshake.
+    pub fn connect(&self) -> Result<Client, Error> {
+        let Opened {
             connection,
             socket,
             server,
             limits,
-            options,
-            requests: 0,
-        }
+        } = self.open()?;
+        Ok(Client {
+            connection,
+            socket,
+            server,
+            limits,
+            options: self.clone(),
+        })
     }
+}
 
-    /// Give up the client for its connection, to use it otherwise (a watch).
-    pub(crate) fn into_connection(self) -> Connection {
-        self.connection
-    }
-
+impl Client {
     /// True once an error made this client give up its connection.
     pub(crate) fn is_lost(&self) -> bool {
         self.connection.is_lost()
@@ -109,15 +108,23 @@ impl Client {
     /// round trip), the handshake not counted. A listing counts once per
     /// page.
     pub fn requests_sent(&self) -> u64 {
-        self.requests
+        self.connection.requests()
+    }
+
+    /// Run one operation on this client's connection.
+    fn run<O: protocol::Operation>(
+        &mut self,
+        operation: O,
+        body: &mut dyn Body,
+    ) -> Result<O::Output, Error> {
+        self.connection.run(operation, body)
     }
 
     /// Publish `bytes` as the next version of `name`, streaming them over
     /// the socket.
     pub fn publish_bytes(&mut self, name: &str, bytes: &[u8]) -> Result<AssetInfo, Error> {
-        self.publish_stream(name, bytes.len() as u64, |connection| {
-            connection.send_raw(bytes)
-        })
+        let publish = protocol::publish_stream(name, bytes.len() as u64);
+        self.run(publish, &mut Bytes(bytes))
     }
 
     /// Publish exactly `size` bytes read from `reader` as the next version of
@@ -129,38 +136,23 @@ impl Client {
     pub fn publish_reader(
         &mut self,
         name: &str,
-        mut reader: impl Read,
+        reader: impl Read,
         size: u64,
     ) -> Result<AssetInfo, Error> {
-        self.publish_stream(name, size, |connection| {
-            let mut buffer = protocol::stream_buffer(size);
-            let mut left = size;
-            while left > 0 {
-                let want = buffer
-                    .len()
-                    .min(usize::try_from(left).unwrap_or(usize::MAX));
-                let got = match reader.read(&mut buffer[..want]) {
-                    Ok(0) => return Err(protocol::upload_ended(size - left, size)),
-                    Ok(got) => got,
-                    Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-                    Err(e) => return Err(protocol::upload_unreadable(e)),
-                };
-                connection.send_raw(&buffer[..got])?;
-                left -= got as u64;
-            }
-            Ok(())
-        })
+        let publish = protocol::publish_stream(name, size);
+        self.run(publish, &mut Reader(reader, size))
     }
 
     /// Publish the whole of a regular file as the next version of `name`.
     ///
-    /// The descriptor goes to the daemon, which copies the bytes kernel-side
-    /// (or adopts the file without a copy if it is a memfd sealed against
-    /// writing, growing and shrinking). The file must not change while the
-    /// daemon copies it.
+    /// The descriptor goes to the daemon, which copies the bytes (or adopts
+    /// the file without a copy if it is a memfd sealed against writing,
+    /// growing and shrinking). The file must not change while the daemon
+    /// copies it.
     pub fn publish_file(&mut self, name: &str, file: &File) -> Result<AssetInfo, Error> {
         let size = regular_file_size(file)?;
-        self.publish_descriptor(name, size, file.as_fd())
+        let publish = protocol::publish_descriptor(name, size, file.as_fd());
+        self.run(publish, &mut NoBody)
     }
 
     /// Publish a memfd that the caller already sealed against writing,
@@ -175,7 +167,7 @@ impl Client {
         memfd: BorrowedFd<'_>,
     ) -> Result<AssetInfo, Error> {
         let size = check_sealed(memfd)?;
-        self.publish_descriptor(name, size, memfd)
+        self.run(protocol::publish_descriptor(name, size, memfd), &mut NoBody)
     }
 
     /// Fetch the latest version of `name`.
@@ -225,19 +217,13 @@ impl Client {
         &mut self,
         name: &str,
         selector: Selector,
-    ) -> Result<(AssetInfo, std::os::fd::OwnedFd), Error> {
-        let request = protocol::fetch(name, selector);
-        self.requests += 1;
-        self.connection
-            .exchange(|connection| protocol::asset(connection.call(&request, None)?))
+    ) -> Result<(AssetInfo, OwnedFd), Error> {
+        self.run(protocol::fetch(name, selector), &mut NoBody)
     }
 
     /// The metadata of the version of `name` that `selector` picks.
     pub fn stat(&mut self, name: &str, selector: Selector) -> Result<AssetInfo, Error> {
-        let request = protocol::stat(name, selector);
-        self.requests += 1;
-        self.connection
-            .exchange(|connection| protocol::info(connection.call_plain(&request)?))
+        self.run(protocol::stat(name, selector), &mut NoBody)
     }
 
     /// Subscribe to changes of the names that start with `prefix` (all
@@ -247,85 +233,30 @@ impl Client {
         self.options.watch(prefix)
     }
 
+    /// Turn this client's connection into a watch of the names that start
+    /// with `prefix`. [`Client::watch`] does the same on a new connection
+    /// and leaves this one free for requests.
+    pub fn into_watcher(self, prefix: &str) -> Result<Watcher, Error> {
+        Watcher::on(self.connection, prefix)
+    }
+
     /// The latest version of every name that starts with `prefix` (all names
     /// for an empty prefix), in name order. Follows the daemon's pages to
     /// the end.
     pub fn list(&mut self, prefix: &str) -> Result<Vec<AssetInfo>, Error> {
-        let mut assets = Vec::new();
-        let mut start_after: Option<String> = None;
-        loop {
-            let request = protocol::list(prefix, start_after.clone());
-            self.requests += 1;
-            let (page, next) = self.connection.exchange(|connection| {
-                protocol::listing(connection.call_plain(&request)?, start_after.as_ref())
-            })?;
-            assets.extend(page);
-            match next {
-                None => return Ok(assets),
-                Some(cursor) => start_after = Some(cursor),
-            }
-        }
+        self.run(protocol::list(prefix), &mut NoBody)
     }
 
     /// Remove one version of `name`, or every version when `version` is
     /// `None`. Returns how many versions were removed. Clients that already
     /// fetched a removed version keep their bytes.
     pub fn remove(&mut self, name: &str, version: Option<u64>) -> Result<u64, Error> {
-        let request = protocol::remove(name, version);
-        self.requests += 1;
-        self.connection
-            .exchange(|connection| protocol::removed(connection.call_plain(&request)?))
+        self.run(protocol::remove(name, version), &mut NoBody)
     }
 
     /// The daemon's counters.
     pub fn status(&mut self) -> Result<ServerStatus, Error> {
-        self.requests += 1;
-        self.connection
-            .exchange(|connection| protocol::status(connection.call_plain(&Request::Status)?))
-    }
-
-    /// A streamed publish: announce `size` bytes, wait for the daemon's
-    /// go-ahead, let `body` send them, and read the outcome.
-    fn publish_stream(
-        &mut self,
-        name: &str,
-        size: u64,
-        body: impl FnOnce(&mut Connection) -> Result<(), Error>,
-    ) -> Result<AssetInfo, Error> {
-        let request = Request::Publish {
-            name: name.to_owned(),
-            size,
-            source: PublishSource::Stream,
-        };
-        self.requests += 1;
-        self.connection.exchange(|connection| {
-            protocol::proceed(connection.call_plain(&request)?)?;
-            if let Err(e) = body(connection) {
-                return Err(reason_for_hangup(connection, e));
-            }
-            protocol::published(connection.receive()?.message)
-        })
-    }
-
-    /// A publish whose bytes travel as a descriptor on the request.
-    fn publish_descriptor(
-        &mut self,
-        name: &str,
-        size: u64,
-        fd: BorrowedFd<'_>,
-    ) -> Result<AssetInfo, Error> {
-        let request = Request::Publish {
-            name: name.to_owned(),
-            size,
-            source: PublishSource::Descriptor,
-        };
-        self.requests += 1;
-        self.connection.exchange(|connection| {
-            if let Err(e) = connection.send(&request, Some(fd)) {
-                return Err(reason_for_hangup(connection, e));
-            }
-            protocol::published(connection.receive()?.message)
-        })
+        self.run(protocol::status(), &mut NoBody)
     }
 }
 
@@ -346,17 +277,4 @@ pub(crate) fn regular_file_size(file: &File) -> Result<u64, Error> {
     }
     // A regular file's size is never negative.
     Ok(u64::try_from(stat.st_size).unwrap_or(0))
-}
-
-/// When the daemon hangs up in the middle of a publish, it has usually said
-/// why first (over budget, too large, a bad name). That reason, if it is
-/// still waiting in the socket, says more than "broken pipe".
-fn reason_for_hangup(connection: &mut Connection, error: Error) -> Error {
-    if !protocol::is_hangup(&error) {
-        return error;
-    }
-    match connection.receive() {
-        Err(reason @ Error::Server { .. }) => reason,
-        _ => error,
-    }
 }

@@ -1,10 +1,14 @@
 //! Opening a connection: reach the socket, check who is behind it, greet.
+//!
+//! [`ConnectOptions::open`] ends with a greeted [`Connection`] and what
+//! the daemon said in its welcome; [`Client`](crate::Client) and
+//! [`Watcher`](crate::Watcher) are built on it in their own modules
+//! (`ConnectOptions::connect`, `ConnectOptions::watch`), so this module
+//! depends on neither.
 
-use crate::client::Client;
-use crate::connection::Connection;
+use crate::connection::{Connection, NoBody};
 use crate::error::Error;
 use crate::protocol;
-use crate::watch::Watcher;
 use memseal_proto::paths::{client_socket, socket_dir_owner, SocketChoice};
 use std::os::fd::BorrowedFd;
 use std::os::unix::net::UnixStream;
@@ -132,9 +136,9 @@ impl ConnectOptions {
     }
 
     /// Connect, check the daemon's user, and perform the handshake.
-    pub fn connect(&self) -> Result<Client, Error> {
-        let choice = self.choose_socket()?;
-        let path = choice.path();
+    pub(crate) fn open(&self) -> Result<Opened, Error> {
+        let socket = self.choose_socket()?;
+        let path = socket.path();
         let stream = UnixStream::connect(path).map_err(|source| Error::Connect {
             path: path.to_path_buf(),
             source,
@@ -143,24 +147,16 @@ impl ConnectOptions {
 
         // Before a single byte goes out: the name we are about to fetch is
         // only as trustworthy as whoever answers.
-        self.check_peer(connection.socket(), &choice)?;
+        self.check_peer(connection.socket(), &socket)?;
 
-        let hello = protocol::hello(self.greeting_name());
         let (server, limits) =
-            connection.exchange(|conn| protocol::welcome(conn.call_plain(&hello)))?;
-        Ok(Client::new(
+            connection.run(protocol::hello(self.greeting_name()), &mut NoBody)?;
+        Ok(Opened {
             connection,
-            choice,
+            socket,
             server,
             limits,
-            self.clone(),
-        ))
-    }
-
-    /// Connect and turn the connection into a watch of the names that start
-    /// with `prefix`; see [`Client::watch`].
-    pub fn watch(&self, prefix: &str) -> Result<Watcher, Error> {
-        self.connect()?.into_watcher(prefix)
+        })
     }
 
     /// The socket to connect to, and why that one.
@@ -199,6 +195,14 @@ impl ConnectOptions {
         }
         Ok(())
     }
+}
+
+/// A greeted connection and what the daemon said in its welcome.
+pub(crate) struct Opened {
+    pub(crate) connection: Connection,
+    pub(crate) socket: SocketChoice,
+    pub(crate) server: String,
+    pub(crate) limits: memseal_proto::Limits,
 }
 
 /// The running program's file name, the default client name.

@@ -14,7 +14,11 @@ use std::os::fd::{AsRawFd, BorrowedFd};
 /// The uid the process behind `socket` ran as when it called `listen` or
 /// `connect`, as this process's user namespace sees it.
 pub(crate) fn peer_uid(socket: BorrowedFd<'_>) -> io::Result<u32> {
-    let mut cred = libc::ucred { pid: 0, uid: 0, gid: 0 };
+    let mut cred = libc::ucred {
+        pid: 0,
+        uid: 0,
+        gid: 0,
+    };
     let mut len = std::mem::size_of::<libc::ucred>() as libc::socklen_t;
     // SAFETY: `cred` is a writable ucred of exactly `len` bytes, and every
     // bit pattern is a valid ucred.

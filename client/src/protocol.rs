@@ -1,27 +1,134 @@
-//! The requests the client makes and how it reads their answers, apart from
-//! how the bytes travel.
+//! Every client operation, written once and without I/O.
 //!
-//! The blocking [`Client`](crate::Client) and the async client (feature
-//! `tokio`) move frames differently, one with blocking system calls, the
-//! other driven by readiness, but they ask the same questions and must
-//! accept exactly the same answers. Both build their requests and check
-//! their responses here, so a rule (a fetch answer carries one descriptor,
-//! a listing cursor must move forward) is written once.
+//! An operation is a small state machine: it says what to do next (send a
+//! request frame, send the body of an upload, receive a response) and is
+//! told how that went, until it is done with a result. It never touches a
+//! socket, so the blocking [`Client`](crate::Client), the async client
+//! (feature `tokio`) and any other driver only move frames for it: each
+//! has one loop ([`Operation`] docs) and nothing else to decide. Every rule
+//! of the conversation lives here once: which answer fits which request,
+//! that a fetch answer carries a descriptor, that a listing cursor moves
+//! forward, that a daemon which hangs up in the middle of a publish has
+//! usually said why first.
+//!
+//! [`Session`] is the state both drivers keep between operations: whether
+//! the stream's position is still known, and how many requests went out.
 
 use crate::error::{Error, HandshakeError};
 use memseal_proto::codec::{self, Decoded};
 use memseal_proto::wire::RawFrame;
 use memseal_proto::{
-    AssetInfo, Event, FrameError, Limits, Request, Response, Selector, ServerStatus,
+    AssetInfo, Event, FrameError, Limits, PublishSource, Request, Response, Selector, ServerStatus,
     PROTOCOL_VERSION,
 };
-use std::os::fd::OwnedFd;
+use std::os::fd::{BorrowedFd, OwnedFd};
 
-/// The greeting that opens every connection.
-pub(crate) fn hello(client: String) -> Request {
-    Request::Hello {
-        version: PROTOCOL_VERSION,
-        client,
+/// What an operation asks its driver to do next.
+pub(crate) enum Action {
+    /// Send this request frame; if its kind carries a descriptor, the
+    /// operation's [`descriptor`](Operation::descriptor) rides on its
+    /// first byte.
+    Send(Request),
+    /// Send the body of a streamed publish (the driver knows its source).
+    SendBody,
+    /// Receive the next response frame.
+    Receive,
+}
+
+/// An operation's next action, or its result.
+pub(crate) enum Step<T> {
+    Next(Action),
+    Done(Result<T, Error>),
+}
+
+/// A client operation as a state machine. A driver runs one like this:
+///
+/// ```text
+/// step = op.start()
+/// loop:
+///     Done(result)        -> return result
+///     Next(Send(request)) -> step = op.sent(send(request, op.descriptor()))
+///     Next(SendBody)      -> step = op.sent(send_body())
+///     Next(Receive)       -> step = op.received(receive())
+/// ```
+pub(crate) trait Operation {
+    type Output;
+
+    /// The first action.
+    fn start(&mut self) -> Step<Self::Output>;
+
+    /// A send (a request frame or a body) finished, or failed.
+    fn sent(&mut self, outcome: Result<(), Error>) -> Step<Self::Output>;
+
+    /// A response arrived (an `Error` response arrives as
+    /// [`Error::Server`]), or receiving failed.
+    fn received(&mut self, answer: Result<Decoded<Response>, Error>) -> Step<Self::Output>;
+
+    /// The descriptor that rides on a request that carries one.
+    fn descriptor(&self) -> Option<BorrowedFd<'_>> {
+        None
+    }
+}
+
+/// What a driver keeps about its connection between operations.
+#[derive(Debug, Default)]
+pub(crate) struct Session {
+    /// Set once an error, or an operation abandoned half-way, left the
+    /// stream at an unknown position.
+    lost: bool,
+    /// Set while an operation runs; still set when the next one begins
+    /// means the last was abandoned (an async future dropped).
+    in_flight: bool,
+    /// Requests sent, the handshake not counted.
+    requests: u64,
+}
+
+impl Session {
+    /// Start an operation, refusing on a connection whose position is
+    /// unknown. The error means the driver must shut its socket down.
+    pub(crate) fn begin(&mut self) -> Result<(), Error> {
+        if self.in_flight {
+            self.lost = true;
+            self.in_flight = false;
+        }
+        if self.lost {
+            return Err(Error::ConnectionLost);
+        }
+        self.in_flight = true;
+        Ok(())
+    }
+
+    /// End an operation. True when its error left the stream unusable, so
+    /// the driver must shut the socket down now (telling the daemon at
+    /// once that nothing more is coming, the rest of a publish say).
+    pub(crate) fn end<T>(&mut self, result: &Result<T, Error>) -> bool {
+        self.in_flight = false;
+        let breaks = matches!(result, Err(e) if e.breaks_connection());
+        if breaks {
+            self.lost = true;
+        }
+        breaks
+    }
+
+    /// Give the connection up for good.
+    pub(crate) fn abandon(&mut self) {
+        self.lost = true;
+        self.in_flight = false;
+    }
+
+    pub(crate) fn is_lost(&self) -> bool {
+        self.lost
+    }
+
+    /// Count a request frame about to go out.
+    pub(crate) fn count(&mut self, request: &Request) {
+        if !matches!(request, Request::Hello { .. }) {
+            self.requests += 1;
+        }
+    }
+
+    pub(crate) fn requests(&self) -> u64 {
+        self.requests
     }
 }
 
@@ -38,10 +145,62 @@ pub(crate) fn decode(frame: RawFrame) -> Result<Decoded<Response>, Error> {
     }
 }
 
-/// The answer to [`hello`]: the daemon's name and limits, or why the
-/// handshake failed.
-pub(crate) fn welcome(answer: Result<Response, Error>) -> Result<(String, Limits), Error> {
-    match answer {
+/// A response of the wrong kind.
+fn unexpected(expected: &'static str, got: &Response) -> Error {
+    Error::UnexpectedResponse {
+        expected,
+        got: got.kind(),
+    }
+}
+
+// ---------------------------------------------------------------------------
+// One request, one answer.
+
+/// How a [`RoundTrip`] reads its answer.
+type Answer<T> = fn(Result<Decoded<Response>, Error>) -> Result<T, Error>;
+
+/// One request and one response: every operation but the listing and the
+/// publishes.
+pub(crate) struct RoundTrip<T> {
+    request: Option<Request>,
+    answer: Answer<T>,
+}
+
+impl<T> Operation for RoundTrip<T> {
+    type Output = T;
+
+    fn start(&mut self) -> Step<T> {
+        let request = self.request.take().expect("a round trip starts once");
+        Step::Next(Action::Send(request))
+    }
+
+    fn sent(&mut self, outcome: Result<(), Error>) -> Step<T> {
+        match outcome {
+            Ok(()) => Step::Next(Action::Receive),
+            Err(e) => Step::Done(Err(e)),
+        }
+    }
+
+    fn received(&mut self, answer: Result<Decoded<Response>, Error>) -> Step<T> {
+        Step::Done((self.answer)(answer))
+    }
+}
+
+fn round_trip<T>(request: Request, answer: Answer<T>) -> RoundTrip<T> {
+    RoundTrip {
+        request: Some(request),
+        answer,
+    }
+}
+
+/// The greeting that opens every connection; its answer is the daemon's
+/// name and limits.
+pub(crate) fn hello(client: String) -> RoundTrip<(String, Limits)> {
+    let request = Request::Hello {
+        version: PROTOCOL_VERSION,
+        client,
+    };
+    round_trip(request, |answer| match answer.map(|a| a.message) {
         Ok(Response::Welcome {
             version,
             server,
@@ -58,137 +217,75 @@ pub(crate) fn welcome(answer: Result<Response, Error>) -> Result<(String, Limits
             Err(Error::Handshake(HandshakeError::Refused { code, message }))
         }
         Err(e) => Err(e),
-    }
+    })
 }
 
-/// A fetch of `name`.
-pub(crate) fn fetch(name: &str, selector: Selector) -> Request {
-    Request::Fetch {
+/// A fetch: the metadata and the descriptor, not yet verified.
+pub(crate) fn fetch(name: &str, selector: Selector) -> RoundTrip<(AssetInfo, OwnedFd)> {
+    let request = Request::Fetch {
         name: name.to_owned(),
         selector,
-    }
-}
-
-/// The answer to a fetch: the metadata and the (not yet verified)
-/// descriptor.
-pub(crate) fn asset(answer: Decoded<Response>) -> Result<(AssetInfo, OwnedFd), Error> {
-    match answer.message {
-        Response::Asset(info) => {
-            // The codec lets an `Asset` through only with exactly one
-            // descriptor; stay correct if that ever changed.
-            let fd = answer
-                .fd
-                .ok_or(Error::Protocol(FrameError::DescriptorCount {
-                    declared: 1,
-                    received: 0,
-                }))?;
-            Ok((info, fd))
+    };
+    round_trip(request, |answer| {
+        let answer = answer?;
+        match answer.message {
+            Response::Asset(info) => {
+                // The codec lets an `Asset` through only with exactly one
+                // descriptor; stay correct if that ever changed.
+                let fd = answer
+                    .fd
+                    .ok_or(Error::Protocol(FrameError::DescriptorCount {
+                        declared: 1,
+                        received: 0,
+                    }))?;
+                Ok((info, fd))
+            }
+            other => Err(unexpected("asset", &other)),
         }
-        other => Err(unexpected("asset", &other)),
-    }
+    })
 }
 
-/// A stat of `name`.
-pub(crate) fn stat(name: &str, selector: Selector) -> Request {
-    Request::Stat {
+/// A stat: the metadata of one version.
+pub(crate) fn stat(name: &str, selector: Selector) -> RoundTrip<AssetInfo> {
+    let request = Request::Stat {
         name: name.to_owned(),
         selector,
-    }
-}
-
-/// The answer to a stat.
-pub(crate) fn info(answer: Response) -> Result<AssetInfo, Error> {
-    match answer {
+    };
+    round_trip(request, |answer| match answer?.message {
         Response::Info(info) => Ok(info),
         other => Err(unexpected("info", &other)),
-    }
+    })
 }
 
-/// One page of a listing of `prefix`.
-pub(crate) fn list(prefix: &str, start_after: Option<String>) -> Request {
-    Request::List {
-        prefix: prefix.to_owned(),
-        start_after,
-    }
-}
-
-/// The answer to one listing request: the page, and the cursor of the next
-/// page if there is one. `start_after` is the cursor this page was asked
-/// with.
-pub(crate) fn listing(
-    answer: Response,
-    start_after: Option<&String>,
-) -> Result<(Vec<AssetInfo>, Option<String>), Error> {
-    let (assets, next) = match answer {
-        Response::Listing { assets, next } => (assets, next),
-        other => return Err(unexpected("listing", &other)),
-    };
-    // Names come in order, so each cursor must pass the last; a daemon that
-    // repeats one would keep the caller's loop going forever.
-    if let (Some(cursor), Some(last)) = (&next, start_after) {
-        if cursor <= last {
-            return Err(Error::UnexpectedResponse {
-                expected: "a listing page that moves forward",
-                got: "a listing page that repeats an earlier one",
-            });
-        }
-    }
-    Ok((assets, next))
-}
-
-/// A removal of one version of `name`, or of all of them.
-pub(crate) fn remove(name: &str, version: Option<u64>) -> Request {
-    Request::Remove {
+/// A removal of one version of `name`, or of all of them: how many went.
+pub(crate) fn remove(name: &str, version: Option<u64>) -> RoundTrip<u64> {
+    let request = Request::Remove {
         name: name.to_owned(),
         version,
-    }
-}
-
-/// The answer to a removal: how many versions went.
-pub(crate) fn removed(answer: Response) -> Result<u64, Error> {
-    match answer {
+    };
+    round_trip(request, |answer| match answer?.message {
         Response::Removed { versions } => Ok(versions),
         other => Err(unexpected("removed", &other)),
-    }
+    })
 }
 
-/// The answer to a status request.
-pub(crate) fn status(answer: Response) -> Result<ServerStatus, Error> {
-    match answer {
+/// The daemon's counters.
+pub(crate) fn status() -> RoundTrip<ServerStatus> {
+    round_trip(Request::Status, |answer| match answer?.message {
         Response::Status(status) => Ok(status),
         other => Err(unexpected("status", &other)),
-    }
+    })
 }
 
-/// The go-ahead for a streamed publish.
-pub(crate) fn proceed(answer: Response) -> Result<(), Error> {
-    match answer {
-        Response::Continue => Ok(()),
-        other => Err(unexpected("continue", &other)),
-    }
-}
-
-/// The final answer to a publish.
-pub(crate) fn published(answer: Response) -> Result<AssetInfo, Error> {
-    match answer {
-        Response::Published(info) => Ok(info),
-        other => Err(unexpected("published", &other)),
-    }
-}
-
-/// A watch of `prefix`.
-pub(crate) fn watch(prefix: &str) -> Request {
-    Request::Watch {
+/// Turn the connection into a watch of `prefix`; events follow.
+pub(crate) fn watch(prefix: &str) -> RoundTrip<()> {
+    let request = Request::Watch {
         prefix: prefix.to_owned(),
-    }
-}
-
-/// The answer to a watch request.
-pub(crate) fn watching(answer: Response) -> Result<(), Error> {
-    match answer {
+    };
+    round_trip(request, |answer| match answer?.message {
         Response::Watching => Ok(()),
         other => Err(unexpected("watching", &other)),
-    }
+    })
 }
 
 /// One message on a watching connection.
@@ -199,10 +296,136 @@ pub(crate) fn event(answer: Response) -> Result<Event, Error> {
     }
 }
 
+// ---------------------------------------------------------------------------
+// A listing, page by page.
+
+/// Every name under a prefix: one request per page, following the cursor
+/// the daemon gives until there is none.
+pub(crate) struct Listing {
+    prefix: String,
+    start_after: Option<String>,
+    assets: Vec<AssetInfo>,
+}
+
+/// The latest version of every name that starts with `prefix`.
+pub(crate) fn list(prefix: &str) -> Listing {
+    Listing {
+        prefix: prefix.to_owned(),
+        start_after: None,
+        assets: Vec::new(),
+    }
+}
+
+impl Listing {
+    fn request_page(&self) -> Step<Vec<AssetInfo>> {
+        Step::Next(Action::Send(Request::List {
+            prefix: self.prefix.clone(),
+            start_after: self.start_after.clone(),
+        }))
+    }
+}
+
+impl Operation for Listing {
+    type Output = Vec<AssetInfo>;
+
+    fn start(&mut self) -> Step<Self::Output> {
+        self.request_page()
+    }
+
+    fn sent(&mut self, outcome: Result<(), Error>) -> Step<Self::Output> {
+        match outcome {
+            Ok(()) => Step::Next(Action::Receive),
+            Err(e) => Step::Done(Err(e)),
+        }
+    }
+
+    fn received(&mut self, answer: Result<Decoded<Response>, Error>) -> Step<Self::Output> {
+        let (page, next) = match answer.map(|a| a.message) {
+            Ok(Response::Listing { assets, next }) => (assets, next),
+            Ok(other) => return Step::Done(Err(unexpected("listing", &other))),
+            Err(e) => return Step::Done(Err(e)),
+        };
+        // Names come in order, so each cursor must pass the last; a daemon
+        // that repeats one would keep the loop going forever.
+        if let (Some(cursor), Some(last)) = (&next, &self.start_after) {
+            if cursor <= last {
+                return Step::Done(Err(Error::UnexpectedResponse {
+                    expected: "a listing page that moves forward",
+                    got: "a listing page that repeats an earlier one",
+                }));
+            }
+        }
+        self.assets.extend(page);
+        match next {
+            None => Step::Done(Ok(std::mem::take(&mut self.assets))),
+            Some(cursor) => {
+                self.start_after = Some(cursor);
+                self.request_page()
+            }
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------
+// Publishing.
+
+/// Where a publish stands.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Stage {
+    /// The request frame is on its way.
+    Requesting,
+    /// Waiting for `Continue` (a streamed publish).
+    AwaitingContinue,
+    /// The body is on its way.
+    SendingBody,
+    /// Waiting for `Published`.
+    AwaitingOutcome,
+    /// A send failed because the daemon hung up: reading the reason it
+    /// usually sends first.
+    ReadingReason,
+}
+
+/// A publish: streamed (request, `Continue`, the body, `Published`) or
+/// with the bytes as a descriptor on the request (request, `Published`).
+pub(crate) struct Publish<'a> {
+    request: Option<Request>,
+    fd: Option<BorrowedFd<'a>>,
+    stage: Stage,
+    /// The send error to report if no reason arrives.
+    hangup: Option<Error>,
+}
+
+/// A publish of `size` bytes that the driver streams after `Continue`.
+pub(crate) fn publish_stream<'a>(name: &str, size: u64) -> Publish<'a> {
+    Publish {
+        request: Some(Request::Publish {
+            name: name.to_owned(),
+            size,
+            source: PublishSource::Stream,
+        }),
+        fd: None,
+        stage: Stage::Requesting,
+        hangup: None,
+    }
+}
+
+/// A publish whose `size` bytes travel as `fd` on the request.
+pub(crate) fn publish_descriptor<'a>(name: &str, size: u64, fd: BorrowedFd<'a>) -> Publish<'a> {
+    Publish {
+        request: Some(Request::Publish {
+            name: name.to_owned(),
+            size,
+            source: PublishSource::Descriptor,
+        }),
+        fd: Some(fd),
+        stage: Stage::Requesting,
+        hangup: None,
+    }
+}
+
 /// True when sending failed because the daemon hung up, which it does in
-/// the middle of a publish it refuses, after saying why: the caller should
-/// read that reason and report it instead.
-pub(crate) fn is_hangup(error: &Error) -> bool {
+/// the middle of a publish it refuses, after saying why.
+fn is_hangup(error: &Error) -> bool {
     matches!(
         error,
         Error::Io(e) if matches!(
@@ -212,34 +435,114 @@ pub(crate) fn is_hangup(error: &Error) -> bool {
     )
 }
 
-/// A response of the wrong kind.
-pub(crate) fn unexpected(expected: &'static str, got: &Response) -> Error {
-    Error::UnexpectedResponse {
-        expected,
-        got: got.kind(),
+impl Operation for Publish<'_> {
+    type Output = AssetInfo;
+
+    fn start(&mut self) -> Step<AssetInfo> {
+        let request = self.request.take().expect("a publish starts once");
+        Step::Next(Action::Send(request))
+    }
+
+    fn descriptor(&self) -> Option<BorrowedFd<'_>> {
+        self.fd
+    }
+
+    fn sent(&mut self, outcome: Result<(), Error>) -> Step<AssetInfo> {
+        if let Err(e) = outcome {
+            if !is_hangup(&e) {
+                return Step::Done(Err(e));
+            }
+            self.hangup = Some(e);
+            self.stage = Stage::ReadingReason;
+            return Step::Next(Action::Receive);
+        }
+        self.stage = match (self.stage, self.fd) {
+            (Stage::Requesting, None) => Stage::AwaitingContinue,
+            _ => Stage::AwaitingOutcome,
+        };
+        Step::Next(Action::Receive)
+    }
+
+    fn received(&mut self, answer: Result<Decoded<Response>, Error>) -> Step<AssetInfo> {
+        let answer = answer.map(|a| a.message);
+        match self.stage {
+            Stage::AwaitingContinue => match answer {
+                Ok(Response::Continue) => {
+                    self.stage = Stage::SendingBody;
+                    Step::Next(Action::SendBody)
+                }
+                Ok(other) => Step::Done(Err(unexpected("continue", &other))),
+                Err(e) => Step::Done(Err(e)),
+            },
+            Stage::AwaitingOutcome => match answer {
+                Ok(Response::Published(info)) => Step::Done(Ok(info)),
+                Ok(other) => Step::Done(Err(unexpected("published", &other))),
+                Err(e) => Step::Done(Err(e)),
+            },
+            Stage::ReadingReason => {
+                // The reason says more than "broken pipe".
+                let hangup = self.hangup.take().expect("a hang-up to explain");
+                match answer {
+                    Err(reason @ Error::Server { .. }) => Step::Done(Err(reason)),
+                    _ => Step::Done(Err(hangup)),
+                }
+            }
+            Stage::Requesting | Stage::SendingBody => {
+                unreachable!("a publish receives only after a send")
+            }
+        }
     }
 }
 
+/// The body of a streamed publish read from a source of the caller's, a
+/// chunk at a time: what both drivers' readers share. The driver reads
+/// into [`Upload::room`] and sends what [`Upload::filled`] gives back.
+pub(crate) struct Upload {
+    size: u64,
+    left: u64,
+    buffer: Vec<u8>,
+}
+
 /// How many bytes of a reader go out per `send` in a streamed publish.
-pub(crate) const STREAM_CHUNK: usize = 256 * 1024;
+const STREAM_CHUNK: usize = 256 * 1024;
 
-/// The buffer for streaming `size` bytes: a chunk, or less for a small upload.
-pub(crate) fn stream_buffer(size: u64) -> Vec<u8> {
-    vec![0u8; STREAM_CHUNK.min(usize::try_from(size).unwrap_or(usize::MAX))]
-}
+impl Upload {
+    pub(crate) fn new(size: u64) -> Upload {
+        Upload {
+            size,
+            left: size,
+            buffer: vec![0u8; STREAM_CHUNK.min(usize::try_from(size).unwrap_or(usize::MAX))],
+        }
+    }
 
-/// The caller's data ended after `sent` of the `size` bytes it promised.
-pub(crate) fn upload_ended(sent: u64, size: u64) -> Error {
-    Error::Io(std::io::Error::new(
-        std::io::ErrorKind::UnexpectedEof,
-        format!("the data to publish ended after {sent} of {size} bytes"),
-    ))
-}
+    /// Where the next read goes, or None once every byte was read.
+    pub(crate) fn room(&mut self) -> Option<&mut [u8]> {
+        let want = usize::try_from(self.left)
+            .unwrap_or(usize::MAX)
+            .min(self.buffer.len());
+        (self.left > 0).then(|| &mut self.buffer[..want])
+    }
 
-/// The caller's data could not be read.
-pub(crate) fn upload_unreadable(e: std::io::Error) -> Error {
-    Error::Io(std::io::Error::new(
-        e.kind(),
-        format!("cannot read the data to publish: {e}"),
-    ))
+    /// A read into the room returned `read`: the bytes to send now, or why
+    /// the upload cannot go on (the source ended early, or failed).
+    pub(crate) fn filled(&mut self, read: std::io::Result<usize>) -> Result<&[u8], Error> {
+        match read {
+            Ok(0) => Err(Error::Io(std::io::Error::new(
+                std::io::ErrorKind::UnexpectedEof,
+                format!(
+                    "the data to publish ended after {} of {} bytes",
+                    self.size - self.left,
+                    self.size
+                ),
+            ))),
+            Ok(got) => {
+                self.left -= got as u64;
+                Ok(&self.buffer[..got])
+            }
+            Err(e) => Err(Error::Io(std::io::Error::new(
+                e.kind(),
+                format!("cannot read the data to publish: {e}"),
+            ))),
+        }
+    }
 }

@@ -8,8 +8,8 @@
 //! is told so (`busy`) and disconnected: it has missed changes, so it must
 //! watch again and re-read whatever it keeps.
 
-use crate::client::Client;
-use crate::connection::Connection;
+use crate::connect::ConnectOptions;
+use crate::connection::{Connection, NoBody};
 use crate::error::Error;
 use crate::protocol;
 use memseal_proto::Event;
@@ -42,22 +42,25 @@ pub struct Watcher {
     prefix: String,
 }
 
-impl Client {
-    /// Turn this client's connection into a watch of the names that start
-    /// with `prefix`. [`Client::watch`] does the same on a new connection
-    /// and leaves this one free for requests.
-    pub fn into_watcher(self, prefix: &str) -> Result<Watcher, Error> {
-        let request = protocol::watch(prefix);
-        let mut connection = self.into_connection();
-        connection.exchange(|connection| protocol::watching(connection.call_plain(&request)?))?;
+impl ConnectOptions {
+    /// Connect and turn the connection into a watch of the names that
+    /// start with `prefix`; see [`Client::watch`](crate::Client::watch).
+    pub fn watch(&self, prefix: &str) -> Result<Watcher, Error> {
+        Watcher::on(self.open()?.connection, prefix)
+    }
+}
+
+impl Watcher {
+    /// Ask for a watch of `prefix` on `connection`, which becomes the
+    /// watcher's.
+    pub(crate) fn on(mut connection: Connection, prefix: &str) -> Result<Watcher, Error> {
+        connection.run(protocol::watch(prefix), &mut NoBody)?;
         Ok(Watcher {
             connection,
             prefix: prefix.to_owned(),
         })
     }
-}
 
-impl Watcher {
     /// The prefix this watcher follows.
     pub fn prefix(&self) -> &str {
         &self.prefix
@@ -75,18 +78,17 @@ impl Watcher {
     pub fn next_event(&mut self, timeout: Option<Duration>) -> Result<Option<Event>, Error> {
         // A deadline beyond what `Instant` can represent is no deadline.
         let deadline = timeout.and_then(|t| Instant::now().checked_add(t));
-        let result =
-            self.connection
-                .exchange(|connection| match connection.receive_by(deadline)? {
-                    Some(decoded) => protocol::event(decoded.message).map(Some),
-                    None => Ok(None),
-                });
-        if result.is_err() {
-            // Whatever went wrong, the daemon no longer sends this watcher
-            // events it can rely on (a `busy` is followed by a hang-up).
+        // Whatever goes wrong ends the watch: the daemon no longer sends
+        // this watcher events it can rely on (a `busy` is followed by a
+        // hang-up). `receive_by` gives the connection up on any error.
+        let event = match self.connection.receive_by(deadline)? {
+            Some(decoded) => protocol::event(decoded.message),
+            None => return Ok(None),
+        };
+        if event.is_err() {
             self.connection.abandon();
         }
-        result
+        event.map(Some)
     }
 
     /// The next event if one has already arrived, without waiting.

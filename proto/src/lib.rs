@@ -15,13 +15,16 @@
 //!   bincode payload) and back, refusing any length above the frame cap
 //!   before a byte is allocated for it. Also encodes the daemon's catalog
 //!   snapshot, which it keeps across restarts.
-//! - [`wire`]: moves frames over a socket. Sending uses `sendmsg` with the
-//!   descriptor attached to the frame's first byte; receiving uses `recvmsg`
-//!   with `MSG_CMSG_CLOEXEC`, never reads past the end of the current frame,
-//!   and turns a truncated control message, a surplus descriptor or one on
-//!   the wrong byte into a typed error after closing every descriptor it got.
-//!   The same state machine serves the blocking client and the non-blocking
-//!   daemon.
+//! - [`wire`]: moves frames over a socket. [`wire::FrameBuffer`] holds the
+//!   framing and descriptor rules and never touches a socket: it offers room
+//!   for a receive, is told what arrived, and hands out frames, turning a
+//!   surplus descriptor or one on the wrong byte into a typed error after
+//!   closing every descriptor it got. [`wire::receive`] is its one
+//!   `recvmsg` (with `MSG_CMSG_CLOEXEC`, checking `MSG_CTRUNC`);
+//!   [`wire::FrameWriter`] sends with `sendmsg`, the descriptor on the
+//!   frame's first byte.
+//! - `tokio_io` (feature `tokio`): the same on tokio sockets, the one
+//!   driver the daemon and the async client share.
 //! - [`name`]: which asset names are valid, and why.
 //! - [`paths`]: where the daemon's socket lives by default, resolved the same
 //!   way on both sides.
@@ -31,13 +34,15 @@
 //! # The path of a fetch through this crate
 //!
 //! The client builds [`Request::Fetch`], [`codec::encode_request`] frames it
-//! and a [`wire::FrameWriter`] writes it. The daemon's [`wire::FrameReader`]
+//! and a [`wire::FrameWriter`] writes it. The daemon's [`wire::FrameBuffer`]
 //! reassembles the frame, [`codec::decode_request`] checks it, and the reply
 //! [`Response::Asset`] goes back the same way with the memfd attached. The
-//! client's `FrameReader` hands the descriptor over only if the frame
+//! client's buffer and decoder hand the descriptor over only if the frame
 //! declared exactly one and the message calls for exactly one.
 //!
 //! PROTOCOL.md at the root of the repository describes every byte.
+
+#![forbid(unsafe_code)]
 
 pub mod codec;
 pub mod error;
@@ -45,6 +50,8 @@ pub mod message;
 pub mod name;
 pub mod paths;
 pub mod persisted;
+#[cfg(feature = "tokio")]
+pub mod tokio_io;
 pub mod wire;
 
 pub use error::FrameError;

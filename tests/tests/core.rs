@@ -384,7 +384,11 @@ fn ten_thousand_fetches_leak_no_descriptor() {
         let asset = client.fetch("leak/check").unwrap();
         assert_eq!(asset.len(), 4096);
     }
-    assert_eq!(daemon.settled_fds(), before, "daemon descriptor count changed");
+    assert_eq!(
+        daemon.settled_fds(),
+        before,
+        "daemon descriptor count changed"
+    );
 }
 
 #[test]

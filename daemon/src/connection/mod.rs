@@ -1,7 +1,7 @@
 //! One client connection: handshake, then requests one at a time.
 //!
-//! Reading goes through [`memseal_proto::wire::FrameReader`] on the
-//! non-blocking socket, so descriptors are received with
+//! Reading goes through a [`memseal_proto::wire::FrameBuffer`] fed by
+//! [`memseal_proto::tokio_io`] on the non-blocking socket, so descriptors are received with
 //! `MSG_CMSG_CLOEXEC`, counted, and closed unless the request calls for
 //! them. Every wait has a deadline: the handshake, each frame once its first
 //! byte arrived, each 64 KiB of an upload, and each reply. A peer that
@@ -32,13 +32,13 @@ use crate::store::Store;
 use crate::sys;
 use memseal_proto::codec::{decode_request, encode_response};
 use memseal_proto::name::{validate_name, validate_prefix};
-use memseal_proto::wire::{FrameReader, FrameWriter, RawFrame};
+use memseal_proto::tokio_io;
+use memseal_proto::wire::{FrameBuffer, RawFrame};
 use memseal_proto::{ErrorCode, FrameError, Limits, Request, Response, Selector, PROTOCOL_VERSION};
 use std::io;
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::sync::Arc;
 use std::time::Duration;
-use tokio::io::Interest;
 use tokio::net::UnixStream;
 use tokio::sync::watch;
 use tokio::time::{timeout, Instant};
@@ -84,7 +84,8 @@ impl From<io::Error> for End {
 /// One accepted client, from the handshake to its last reply.
 pub struct Connection {
     stream: UnixStream,
-    reader: FrameReader,
+    /// Frames as they arrive, with their descriptors.
+    buffer: FrameBuffer,
     /// Who the kernel says is at the other end; decides the policy.
     peer: Peer,
     store: Arc<Store>,
@@ -113,7 +114,7 @@ impl Connection {
     ) -> Self {
         Connection {
             stream,
-            reader: FrameReader::new(),
+            buffer: FrameBuffer::new(),
             peer,
             store,
             config,
@@ -248,7 +249,7 @@ impl Connection {
     async fn protocol_error(&mut self, error: FrameError) -> End {
         // The stream is broken: close whatever descriptor rode on the
         // half-read frame now, not when the connection finally goes.
-        self.reader = FrameReader::new();
+        self.buffer = FrameBuffer::new();
         if !matches!(
             error,
             FrameError::Closed | FrameError::Truncated { .. } | FrameError::Io(_)
@@ -267,14 +268,10 @@ impl Connection {
         loop {
             // A frame that arrived with the previous read is served first,
             // without waiting for the socket.
-            if self.reader.has_frame() {
-                match self.reader.read_step(self.stream.as_fd()) {
-                    Ok(Some(frame)) => return Ok(frame),
-                    Ok(None) => {}
-                    Err(e) => return Err(End::Peer(e)),
-                }
+            if let Some(frame) = self.buffer.next_frame()? {
+                return Ok(frame);
             }
-            if self.reader.in_frame() && frame_deadline.is_none() {
+            if self.buffer.in_frame() && frame_deadline.is_none() {
                 frame_deadline = Some(Instant::now() + self.config.io_timeout);
             }
             // The earlier of the two: a frame begun just before the
@@ -283,50 +280,26 @@ impl Connection {
                 (Some(frame), Some(idle)) => Some(frame.min(idle)),
                 (frame, idle) => frame.or(idle),
             };
-            let stream = &self.stream;
-            let reader = &mut self.reader;
-            let shutdown = &mut self.shutdown;
-            let ready = async {
+            let receive = tokio_io::receive(&self.stream, &mut self.buffer);
+            let received = async {
                 match deadline {
-                    Some(at) => tokio::time::timeout_at(at, stream.readable())
+                    Some(at) => tokio::time::timeout_at(at, receive)
                         .await
                         .map_err(|_| End::Timeout("request not received in time"))?,
-                    None => stream.readable().await,
+                    None => receive.await,
                 }
-                .map_err(End::from)
+                .map_err(End::Peer)
             };
+            // Shutdown ends only a connection between frames: a frame once
+            // begun is finished (or its deadline passes). `receive` is
+            // cancel-safe, so losing the race costs nothing.
             if frame_deadline.is_some() {
-                ready.await?;
+                received.await?;
             } else {
                 tokio::select! {
-                    result = ready => result?,
-                    _ = shutdown.wait_for(|stop| *stop) => return Err(End::Shutdown),
+                    result = received => result?,
+                    _ = self.shutdown.wait_for(|stop| *stop) => return Err(End::Shutdown),
                 }
-            }
-            let step = stream.try_io(Interest::READABLE, || {
-                match reader.read_step(stream.as_fd()) {
-                    Err(FrameError::Io(e)) => Err(e),
-                    other => Ok(other),
-                }
-            });
-            match step {
-                Ok(Ok(Some(frame))) => {
-                    if self.reader.socket_drained() {
-                        // The read came up short: the socket is empty, so
-                        // forget the readiness now instead of paying a
-                        // receive that would only say EAGAIN next time.
-                        // Tokio keeps the readiness if a new event arrived
-                        // meanwhile, so no wake-up is lost.
-                        let _ = self.stream.try_io(Interest::READABLE, || {
-                            Err::<(), _>(io::ErrorKind::WouldBlock.into())
-                        });
-                    }
-                    return Ok(frame);
-                }
-                Ok(Ok(None)) => {}
-                Ok(Err(e)) => return Err(End::Peer(e)),
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
-                Err(e) => return Err(End::from(e)),
             }
         }
     }
@@ -372,21 +345,10 @@ impl Connection {
 
     /// Write one encoded frame within the I/O timeout.
     async fn send(&self, frame: Vec<u8>, fd: Option<BorrowedFd<'_>>) -> Result<(), End> {
-        let mut writer = FrameWriter::new(frame, fd);
         let deadline = Instant::now() + self.config.io_timeout;
-        while !writer.is_done() {
-            tokio::time::timeout_at(deadline, self.stream.writable())
-                .await
-                .map_err(|_| End::Timeout("client does not read its replies"))??;
-            match self
-                .stream
-                .try_io(Interest::WRITABLE, || writer.write_step(&self.stream))
-            {
-                Ok(()) => {}
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
-                Err(e) => return Err(End::from(e)),
-            }
-        }
+        tokio::time::timeout_at(deadline, tokio_io::write_frame(&self.stream, frame, fd))
+            .await
+            .map_err(|_| End::Timeout("client does not read its replies"))??;
         Ok(())
     }
 

@@ -16,11 +16,9 @@ use super::{Connection, End};
 use crate::blob::{self, Blob, BlobWriter, IngestError, Ingested};
 use crate::policy::Write;
 use crate::store::Reservation;
-use memseal_proto::wire::recv_raw;
+use memseal_proto::tokio_io;
 use memseal_proto::{ErrorCode, FrameError, PublishSource, Response};
-use std::io;
-use std::os::fd::{AsFd, OwnedFd};
-use tokio::io::Interest;
+use std::os::fd::OwnedFd;
 use tokio::time::Instant;
 use tracing::{debug, warn};
 
@@ -218,26 +216,10 @@ impl Connection {
         buffer: &mut [u8],
         deadline: Instant,
     ) -> Result<usize, End> {
-        let buffered = self.reader.take_raw(buffer).map_err(End::Peer)?;
-        if buffered > 0 {
-            return Ok(buffered);
-        }
-        loop {
-            tokio::time::timeout_at(deadline, self.stream.readable())
-                .await
-                .map_err(|_| End::Timeout("upload too slow or stalled"))??;
-            let step = self.stream.try_io(Interest::READABLE, || {
-                match recv_raw(self.stream.as_fd(), buffer) {
-                    Err(FrameError::Io(e)) => Err(e),
-                    other => Ok(other),
-                }
-            });
-            match step {
-                Ok(Ok(n)) => return Ok(n),
-                Ok(Err(e)) => return Err(End::Peer(e)),
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
-                Err(e) => return Err(End::from(e)),
-            }
-        }
+        let read = tokio_io::read_raw(&self.stream, &mut self.buffer, buffer);
+        tokio::time::timeout_at(deadline, read)
+            .await
+            .map_err(|_| End::Timeout("upload too slow or stalled"))?
+            .map_err(End::Peer)
     }
 }

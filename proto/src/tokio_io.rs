@@ -1,0 +1,137 @@
+//! The wire on a tokio `UnixStream`, for the daemon and the async client
+//! alike (feature `tokio`).
+//!
+//! Each function waits for readiness, then makes progress with the same
+//! system calls as the blocking code ([`wire::receive`], [`FrameWriter`]),
+//! run inside `try_io` so that a `WouldBlock` clears tokio's readiness.
+//! They are cancel-safe where a driver needs it: reading keeps all its
+//! progress in the [`FrameBuffer`], so a dropped future (a deadline, a
+//! `select!`) loses nothing and the next call resumes the frame.
+//! Deadlines are the caller's: wrap a call in `tokio::time::timeout`.
+
+use crate::error::FrameError;
+use crate::wire::{self, FrameBuffer, FrameWriter, RawFrame};
+use rustix::net::{send, SendFlags};
+use std::io;
+use std::os::fd::{AsFd, BorrowedFd};
+use tokio::io::Interest;
+use tokio::net::UnixStream;
+
+/// Receive once: wait until the socket is readable, then one `recvmsg`
+/// into `buffer`. Returns when something arrived (or the peer closed:
+/// an error). Cancel-safe.
+pub async fn receive(stream: &UnixStream, buffer: &mut FrameBuffer) -> Result<(), FrameError> {
+    loop {
+        stream.readable().await?;
+        // Only an I/O error travels as the `try_io` error, so that
+        // `WouldBlock` clears the readiness; framing errors ride in the
+        // success value.
+        let step = stream.try_io(Interest::READABLE, || {
+            match wire::receive(stream.as_fd(), buffer) {
+                Err(FrameError::Io(e)) => Err(e),
+                other => Ok(other),
+            }
+        });
+        match step {
+            Ok(result) => {
+                if result.is_ok() && buffer.socket_drained() {
+                    // The read came up short: the socket is empty, so
+                    // forget the readiness now instead of paying a receive
+                    // that would only say EAGAIN next time. Tokio keeps
+                    // the readiness if a new event arrived meanwhile, so
+                    // no wake-up is lost.
+                    let _ = stream.try_io(Interest::READABLE, || {
+                        Err::<(), _>(io::ErrorKind::WouldBlock.into())
+                    });
+                }
+                return result;
+            }
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+            Err(e) => return Err(buffer.fail(FrameError::Io(e))),
+        }
+    }
+}
+
+/// The next frame: from the buffer if one is complete, else after as many
+/// receives as it takes. Cancel-safe.
+pub async fn next_frame(
+    stream: &UnixStream,
+    buffer: &mut FrameBuffer,
+) -> Result<RawFrame, FrameError> {
+    loop {
+        if let Some(frame) = buffer.next_frame()? {
+            return Ok(frame);
+        }
+        receive(stream, buffer).await?;
+    }
+}
+
+/// Raw bytes (the body of a streamed publish) into `out`: first those
+/// already buffered behind the last frame, else what one receive brings.
+/// Zero means the peer closed the connection. A descriptor riding on raw
+/// bytes is an error (and closed).
+pub async fn read_raw(
+    stream: &UnixStream,
+    buffer: &mut FrameBuffer,
+    out: &mut [u8],
+) -> Result<usize, FrameError> {
+    let buffered = buffer.take_raw(out)?;
+    if buffered > 0 || out.is_empty() {
+        return Ok(buffered);
+    }
+    loop {
+        stream.readable().await?;
+        match stream.try_io(Interest::READABLE, || {
+            match wire::recv_raw(stream.as_fd(), out) {
+                Err(FrameError::Io(e)) => Err(e),
+                other => Ok(other),
+            }
+        }) {
+            Ok(result) => return result,
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+            Err(e) => return Err(FrameError::Io(e)),
+        }
+    }
+}
+
+/// Send one encoded frame, `fd` on its first byte.
+pub async fn write_frame(
+    stream: &UnixStream,
+    frame: Vec<u8>,
+    fd: Option<BorrowedFd<'_>>,
+) -> io::Result<()> {
+    let mut writer = FrameWriter::new(frame, fd);
+    while !writer.is_done() {
+        stream.writable().await?;
+        // The first step sends the descriptor through sendfd, which runs
+        // its own `try_io`; nesting it in this one is harmless.
+        match stream.try_io(Interest::WRITABLE, || writer.write_step(stream)) {
+            Ok(()) => {}
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(())
+}
+
+/// Send raw bytes. `MSG_NOSIGNAL` turns a peer that hung up into `EPIPE`
+/// instead of a `SIGPIPE` that would kill the process.
+pub async fn write_raw(stream: &UnixStream, mut bytes: &[u8]) -> io::Result<()> {
+    while !bytes.is_empty() {
+        stream.writable().await?;
+        let sent = stream.try_io(Interest::WRITABLE, || {
+            send(stream, bytes, SendFlags::NOSIGNAL).map_err(io::Error::from)
+        });
+        match sent {
+            Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
+            Ok(n) => bytes = &bytes[n..],
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    io::ErrorKind::WouldBlock | io::ErrorKind::Interrupted
+                ) => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(())
+}

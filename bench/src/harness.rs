@@ -182,7 +182,7 @@ impl Bench {
             max_asset_size: 2 << 30,
         };
         eprintln!("starting memseald, the floor server and redis-server");
-        let daemon = Daemon::start(&daemon_config, &dir.path().join("daemon"), None)?;
+        let daemon = crate::daemon::start(&daemon_config, &dir.path().join("daemon"), None)?;
 
         let floor_socket = dir.path().join("floor.sock");
         let size_list: Vec<String> = sizes.iter().map(usize::to_string).collect();

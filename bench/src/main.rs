@@ -40,6 +40,8 @@
 //! same against the floor server in alternating rounds, and reports both
 //! side by side with their ratio.
 
+// Unsafe code only where a module opts in: `mapping`.
+#![deny(unsafe_code)]
 #![deny(unsafe_op_in_unsafe_fn)]
 
 mod affinity;
@@ -47,6 +49,7 @@ mod daemon;
 mod data;
 mod floor;
 mod harness;
+#[allow(unsafe_code)]
 mod mapping;
 mod procfs;
 mod redis;

@@ -16,7 +16,7 @@
 //! others from being served.
 
 use crate::blob;
-use crate::store::Store;
+use crate::state::State;
 use memseal_proto::name::validate_name;
 use serde::Deserialize;
 use std::path::{Path, PathBuf};
@@ -70,7 +70,7 @@ fn declarations(dir: &Path) -> Result<Vec<Parsed>, String> {
 }
 
 /// Publish every declared asset whose content changed.
-pub async fn publish_declared(store: &Arc<Store>, dir: &Path) -> Outcome {
+pub async fn publish_declared(state: &Arc<State>, dir: &Path) -> Outcome {
     let mut outcome = Outcome::default();
     let declared = match declarations(dir) {
         Ok(declared) => declared,
@@ -82,7 +82,7 @@ pub async fn publish_declared(store: &Arc<Store>, dir: &Path) -> Outcome {
     let uid = rustix::process::geteuid().as_raw();
     for (file, declaration) in declared {
         let result = match declaration {
-            Ok(declaration) => publish_one(store, &declaration, uid).await,
+            Ok(declaration) => publish_one(state, &declaration, uid).await,
             Err(e) => Err(e),
         };
         match result {
@@ -105,7 +105,7 @@ pub async fn publish_declared(store: &Arc<Store>, dir: &Path) -> Outcome {
 }
 
 async fn publish_one(
-    store: &Arc<Store>,
+    state: &Arc<State>,
     declaration: &Declaration,
     uid: u32,
 ) -> Result<bool, String> {
@@ -113,13 +113,13 @@ async fn publish_one(
     let file =
         std::fs::File::open(path).map_err(|e| format!("cannot open {}: {e}", path.display()))?;
     let size = file.metadata().map_err(|e| e.to_string())?.len();
-    let reservation = store.reserve(size, uid, true).map_err(|e| e.to_string())?;
+    let reservation = state.reserve(size, uid, true).map_err(|e| e.to_string())?;
     let (blob, _) =
         tokio::task::spawn_blocking(move || blob::from_descriptor(file.into(), size, uid))
             .await
             .map_err(|e| e.to_string())?
             .map_err(|e| format!("{}: {e}", path.display()))?;
-    let (info, published) = store.publish_if_changed(reservation, &declaration.name, blob);
+    let (info, published) = state.publish_if_changed(reservation, &declaration.name, blob);
     if published {
         info!(name = %info.name, version = info.version, size = info.size, "published declared asset");
     }

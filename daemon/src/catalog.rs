@@ -1,7 +1,7 @@
 //! The catalog: which names exist, their versions, and the blobs behind
 //! them, with the budgets that bound it all.
 //!
-//! The catalog is plain data behind one mutex (see [`crate::store`]). No
+//! The catalog is plain data behind one mutex (see [`crate::state`]). No
 //! method blocks or does I/O, and none takes time that grows with the size
 //! of the catalog, except on a path no client can trigger (a blob found
 //! broken, see [`Catalog::publish`]): every lookup is a map access, a

@@ -169,7 +169,7 @@ struct FileConfig {
     policy: PolicyConfig,
 }
 
-/// Who may do what; see [`crate::policy`].
+/// Who may do what; see `crate::policy`.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct PolicyConfig {

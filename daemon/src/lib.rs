@@ -4,30 +4,31 @@
 //! # Layout
 //!
 //! - [`config`]: flags, settings file and defaults.
-//! - [`listener`]: the listening socket, inherited from systemd or bound here.
-//! - [`server`]: the accept loop, connection limit and graceful shutdown.
-//! - [`connection`]: one client: handshake, requests, deadlines.
-//! - [`store`]: the state connections share (catalog, policy, counters).
-//! - [`catalog`]: names, versions, deduplicated blobs and the byte budget.
-//! - [`blob`]: making sealed memfds from uploads, files and adopted memfds.
-//! - [`descriptions`]: the read-only descriptions readers receive, one per
+//! - `listener`: the listening socket, inherited from systemd or bound here.
+//! - `server`: the accept loop, connection limit and graceful shutdown.
+//! - `connection`: one client: handshake, requests, deadlines.
+//! - `state`: the state connections share (catalog, policy, counters).
+//! - `catalog`: names, versions, deduplicated blobs and the byte budget.
+//! - `blob`: making sealed memfds from uploads, files and adopted memfds.
+//! - `descriptions`: the read-only descriptions readers receive, one per
 //!   connection, so no reader can move another's offset or flags.
-//! - [`policy`]: who may publish and remove which names.
-//! - [`log_budget`]: how many lines about clients' requests are logged.
-//! - [`notify`]: readiness, status and watchdog for the service manager.
-//! - [`persist`]: the service manager's fd store, so a restart or a crash
+//! - `policy`: who may publish and remove which names.
+//! - `log_budget`: how many lines about clients' requests are logged.
+//! - `notify`: readiness, status and watchdog for the service manager.
+//! - `persist`: the service manager's fd store, so a restart or a crash
 //!   loses no asset.
-//! - [`assets`]: assets declared as files, published at start and on reload.
-//! - [`sys`]: the few `unsafe` system calls, each behind a safe function.
+//! - `assets`: assets declared as files, published at start and on reload.
+//! - `sys`: the few `unsafe` system calls, each behind a safe function.
 //!
 //! # The path of a publish
 //!
-//! The client sends `Publish`; [`connection`] checks the name and the
-//! [`policy`], reserves the size in the [`catalog`]'s budget (refusing
+//! The client sends `Publish`; `connection` checks the name and the
+//! `policy`, reserves the size in the `catalog`'s budget (refusing
 //! before anything is allocated), then fills a fresh memfd from the socket
-//! or copies the client's file kernel-side ([`blob`]). The memfd is set to
+//! or reads the client's file into one with `pread` (`blob`); a sealed
+//! memfd of the publisher's own may be adopted instead. The memfd is set to
 //! mode 0444 and sealed with WRITE, GROW, SHRINK and SEAL; the daemon
-//! hashes it itself; only then does [`store`] insert it into the catalog,
+//! hashes it itself; only then does `state` insert it into the catalog,
 //! sharing the memfd of identical content, and the new version becomes
 //! visible. A publisher that vanishes before that leaves nothing behind.
 //!
@@ -38,26 +39,31 @@
 //! client library checks the seals before mapping. The daemon copies no
 //! byte of the asset: a fetch costs the same for 4 KiB and 4 GiB.
 
-pub mod assets;
-pub mod blob;
-pub mod catalog;
+// Unsafe code only where a module opts in: `sys`.
+#![deny(unsafe_code)]
+#![deny(unsafe_op_in_unsafe_fn)]
+
+mod assets;
+mod blob;
+mod catalog;
 pub mod config;
-pub mod connection;
-pub mod descriptions;
-pub mod listener;
-pub mod log_budget;
-pub mod notify;
-pub mod persist;
-pub mod policy;
-pub mod server;
-pub mod store;
-pub mod sys;
+mod connection;
+mod descriptions;
+mod listener;
+mod log_budget;
+mod notify;
+mod persist;
+mod policy;
+mod server;
+mod state;
+#[allow(unsafe_code)]
+mod sys;
 
 use catalog::Budget;
 use config::Config;
 use policy::Policy;
+use state::State;
 use std::sync::Arc;
-use store::Store;
 use tracing::{info, warn};
 
 /// Run the daemon until SIGTERM or SIGINT. Errors are fatal start-up
@@ -78,7 +84,7 @@ async fn serve(config: Config) -> Result<(), String> {
     for warning in warnings {
         warn!("policy: {warning}");
     }
-    let store = Store::new(
+    let state = State::new(
         Budget {
             max_asset_size: config.max_asset_size,
             max_total_bytes: config.max_total_bytes,
@@ -92,8 +98,8 @@ async fn serve(config: Config) -> Result<(), String> {
         policy,
     );
     if persist::available() {
-        let (keeper, _) = persist::restore(&store, listening.stored);
-        store.observe(keeper.observer());
+        let (keeper, _) = persist::restore(&state, listening.stored);
+        state.observe(keeper.observer());
     } else if !listening.stored.is_empty() {
         warn!(
             count = listening.stored.len(),
@@ -101,7 +107,7 @@ async fn serve(config: Config) -> Result<(), String> {
         );
     }
     if let Some(dir) = &config.assets_dir {
-        assets::publish_declared(&store, dir).await;
+        assets::publish_declared(&state, dir).await;
     }
     let listener = tokio::net::UnixListener::from_std(listening.listener)
         .map_err(|e| format!("cannot register the listening socket: {e}"))?;
@@ -120,10 +126,10 @@ async fn serve(config: Config) -> Result<(), String> {
     // Signal handlers before READY=1: a SIGTERM or SIGHUP sent right after
     // it must not meet the default action, which kills the process.
     let stop = stop_signal();
-    spawn_reloader(store.clone(), config.clone());
-    notify::ready(&store);
-    notify::spawn_heartbeat(store.clone());
-    server::serve(listener, store.clone(), config.clone(), stop).await;
+    spawn_reloader(state.clone(), config.clone());
+    notify::ready(&state);
+    notify::spawn_heartbeat(state.clone());
+    server::serve(listener, state.clone(), config.clone(), stop).await;
     notify::stopping();
     if let Some(path) = &listening.owned_path {
         if let Err(e) = std::fs::remove_file(path) {
@@ -136,7 +142,7 @@ async fn serve(config: Config) -> Result<(), String> {
 
 /// On SIGHUP: read the access policy again and republish the declared
 /// assets, telling the service manager when the reload starts and ends.
-fn spawn_reloader(store: Arc<Store>, config: Arc<Config>) {
+fn spawn_reloader(state: Arc<State>, config: Arc<Config>) {
     use tokio::signal::unix::{signal, SignalKind};
     let Ok(mut hangup) = signal(SignalKind::hangup()) else {
         warn!("cannot handle SIGHUP; reloads are disabled");
@@ -153,15 +159,15 @@ fn spawn_reloader(store: Arc<Store>, config: Arc<Config>) {
                         for warning in warnings {
                             warn!("policy: {warning}");
                         }
-                        store.set_policy(policy);
+                        state.set_policy(policy);
                     }
                     Err(e) => warn!("keeping the current policy: {e}"),
                 }
             }
             if let Some(dir) = &config.assets_dir {
-                assets::publish_declared(&store, dir).await;
+                assets::publish_declared(&state, dir).await;
             }
-            notify::ready(&store);
+            notify::ready(&state);
         }
     });
 }

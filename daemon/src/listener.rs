@@ -10,7 +10,7 @@
 
 use memseal_proto::paths;
 use std::io;
-use std::os::fd::{OwnedFd, RawFd};
+use std::os::fd::OwnedFd;
 use std::os::unix::fs::{DirBuilderExt, FileTypeExt, MetadataExt};
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::{Path, PathBuf};
@@ -27,22 +27,13 @@ pub struct Listening {
     pub stored: Vec<(String, OwnedFd)>,
 }
 
-/// Take the descriptors the service manager passed, if any.
-fn inherited() -> io::Result<Vec<(String, OwnedFd)>> {
-    // sd-notify checks LISTEN_PID, and sets CLOEXEC on every descriptor so
-    // none leaks into a child.
-    let fds: Vec<(RawFd, String)> = sd_notify::listen_fds_with_names()?.collect();
-    Ok(fds
-        .into_iter()
-        .map(|(raw, name)| (name, crate::sys::adopt_inherited_fd(raw)))
-        .collect())
-}
-
 /// Find or make the listening socket. `explicit`: the path was given, not
 /// the built-in default.
 pub fn listen(path: &Path, explicit: bool) -> Result<Listening, String> {
-    let mut passed =
-        inherited().map_err(|e| format!("invalid LISTEN_FDS from the service manager: {e}"))?;
+    // sd-notify checks LISTEN_PID, and sets CLOEXEC on every descriptor so
+    // none leaks into a child.
+    let mut passed = crate::sys::take_inherited_fds()
+        .map_err(|e| format!("invalid LISTEN_FDS from the service manager: {e}"))?;
     let position = passed.iter().position(|(name, fd)| {
         name == LISTEN_FD_NAME || (name == "unknown" && is_listening_socket(fd))
     });

@@ -4,7 +4,7 @@
 //! runs by hand, under systemd, or under a test harness that plays
 //! systemd's side of the protocol.
 
-use crate::store::Store;
+use crate::state::State;
 use sd_notify::NotifyState;
 use std::sync::Arc;
 use std::time::Duration;
@@ -20,8 +20,8 @@ fn send(states: &[NotifyState<'_>]) {
 }
 
 /// The socket serves: tell the service manager, with a first status line.
-pub fn ready(store: &Store) {
-    let status = store.summary();
+pub fn ready(state: &State) {
+    let status = state.summary();
     send(&[NotifyState::Ready, NotifyState::Status(&status)]);
 }
 
@@ -40,7 +40,7 @@ pub fn reloading() {
 }
 
 /// Refresh STATUS= now and then, and ping the watchdog when one is set.
-pub fn spawn_heartbeat(store: Arc<Store>) {
+pub fn spawn_heartbeat(state: Arc<State>) {
     if std::env::var_os("NOTIFY_SOCKET").is_none() {
         return;
     }
@@ -56,7 +56,7 @@ pub fn spawn_heartbeat(store: Arc<Store>) {
         let mut last = String::new();
         loop {
             ticker.tick().await;
-            let status = store.summary();
+            let status = state.summary();
             let mut states = Vec::with_capacity(2);
             if watchdog.is_some() {
                 states.push(NotifyState::Watchdog);

@@ -31,8 +31,8 @@
 //! store holds a consistent catalog.
 
 use crate::blob::{Blob, BlobKey, BlobWriter};
-use crate::catalog::{Change, Version};
-use crate::store::{Observer, Store};
+use crate::catalog::{Catalog, Change, Version};
+use crate::state::{Observer, State};
 use memseal_proto::codec::{
     decode_journal, decode_snapshot, encode_journal_entry, encode_snapshot, MAX_SNAPSHOT_LEN,
 };
@@ -119,13 +119,13 @@ pub struct FdStore {
 }
 
 impl FdStore {
-    /// An observer for [`Store::observe`]: store new blobs, journal the
+    /// An observer for [`State::observe`]: store new blobs, journal the
     /// changes, drop dropped blobs.
     pub fn observer(self: Arc<Self>) -> Observer {
-        Box::new(move |store, changes| self.apply(store, changes))
+        Box::new(move |state, changes| self.apply(state, changes))
     }
 
-    fn apply(&self, store: &Store, changes: &[Change]) {
+    fn apply(&self, state: &State, changes: &[Change]) {
         let dropped = blob_names(changes, |change| match change {
             Change::BlobDropped(blob) => Some(blob),
             _ => None,
@@ -169,7 +169,7 @@ impl FdStore {
             current.journal_len += records.len() as u64;
         }
         if current.broken || current.journal_len > current.snapshot_len.max(JOURNAL_MIN) {
-            if let Err(e) = compact(store, &mut current) {
+            if let Err(e) = compact(state, &mut current) {
                 warn!("cannot keep the catalog in the fd store; a restart would lose changes: {e}");
             }
         }
@@ -221,7 +221,7 @@ fn append(journal: &OwnedFd, offset: u64, mut bytes: &[u8]) -> io::Result<()> {
 /// the catalog as it is now and an empty journal. The caller holds the
 /// observers' order lock, so the catalog's names do not change meanwhile;
 /// its lock is taken one page at a time.
-fn compact(store: &Store, current: &mut Generation) -> io::Result<()> {
+fn compact(state: &State, current: &mut Generation) -> io::Result<()> {
     let number = current.number + 1;
     let mut snapshot = Snapshot {
         format: SNAPSHOT_FORMAT,
@@ -232,14 +232,14 @@ fn compact(store: &Store, current: &mut Generation) -> io::Result<()> {
     let mut cursor: Option<String> = None;
     loop {
         let (page, next) =
-            store.with_catalog(|catalog| catalog.snapshot_page(cursor.as_deref(), SNAPSHOT_PAGE));
+            state.with_catalog(|catalog| catalog.snapshot_page(cursor.as_deref(), SNAPSHOT_PAGE));
         snapshot.names.extend(page);
         match next {
             Some(name) => cursor = Some(name),
             None => break,
         }
     }
-    snapshot.forgotten = store.with_catalog(|catalog| catalog.forgotten());
+    snapshot.forgotten = state.with_catalog(|catalog| catalog.forgotten());
     let bytes = encode_snapshot(&snapshot);
     let sealed = sealed_memfd(&bytes)?;
     let journal = rustix::fs::memfd_create("memseal-journal", MemfdFlags::CLOEXEC)?;
@@ -491,7 +491,7 @@ impl BlobResolver {
 /// Rebuild the catalog from descriptors the service manager passed back,
 /// and return the fd store keeper, already holding a fresh snapshot of the
 /// result.
-pub fn restore(store: &Store, passed: Vec<(String, OwnedFd)>) -> (Arc<FdStore>, Restored) {
+pub fn restore(state: &State, passed: Vec<(String, OwnedFd)>) -> (Arc<FdStore>, Restored) {
     let mut restored = Restored::default();
     let mut stored = Stored::sort(passed, &mut restored);
     let (snapshot, journal) = stored.newest_catalog();
@@ -502,47 +502,89 @@ pub fn restore(store: &Store, passed: Vec<(String, OwnedFd)>) -> (Arc<FdStore>, 
         daemon_uid: rustix::process::geteuid().as_raw(),
         restored,
     };
-    store.with_catalog(|catalog| {
-        catalog.restore_forgotten(&snapshot.forgotten);
-        for entry in &snapshot.names {
-            for version in &entry.versions {
-                let restored = resolver
-                    .version(version)
-                    .is_some_and(|v| catalog.restore(v, entry.last_version));
-                if !restored {
-                    catalog.restore_number(&entry.name, entry.last_version);
-                    warn!(
-                        name = %version.info.name,
-                        version = version.info.version,
-                        "a stored version could not be restored"
-                    );
-                }
-            }
-        }
-        for entry in &journal {
-            match entry {
-                JournalEntry::Published(stored) => {
-                    let number = stored.info.version;
-                    let restored = resolver
-                        .version(stored)
-                        .is_some_and(|version| catalog.restore(version, number));
-                    if !restored {
-                        // Its blob may be gone because a later entry
-                        // removes it; either way the number stays used.
-                        catalog.restore_number(&stored.info.name, number);
-                    }
-                }
-                JournalEntry::Removed { name, version } => {
-                    // Not found: a version that could not be restored.
-                    let _ = catalog.remove(name, Some(*version));
-                }
-            }
-        }
+    state.with_catalog(|catalog| {
+        replay_snapshot(catalog, &snapshot, &mut resolver);
+        replay_journal(catalog, &journal, &mut resolver);
     });
-    let mut restored = std::mem::take(&mut resolver.restored);
-    // Every blob the catalog now holds is in the store under its current
-    // name; nothing else is.
-    let held: Vec<Arc<Blob>> = store.with_catalog(|catalog| catalog.blobs().cloned().collect());
+    let mut restored = settle_blobs(state, resolver);
+    restored.versions = state.with_catalog(|catalog| catalog.totals().versions as usize);
+
+    let mut current = Generation {
+        number: snapshot.generation,
+        journal: rustix::fs::memfd_create("memseal-journal", MemfdFlags::CLOEXEC)
+            .expect("a memfd for the journal"),
+        journal_len: 0,
+        snapshot_len: 0,
+        broken: true,
+    };
+    if let Err(e) = compact(state, &mut current) {
+        warn!("cannot keep the catalog in the fd store; a restart would lose it: {e}");
+    }
+    if restored != Restored::default() {
+        info!(
+            versions = restored.versions,
+            blobs = restored.blobs,
+            dropped = restored.dropped,
+            "restored the catalog from the fd store"
+        );
+    }
+    (
+        Arc::new(FdStore {
+            current: Mutex::new(current),
+        }),
+        restored,
+    )
+}
+
+/// Put back every version of the snapshot whose blob verifies; the
+/// numbers of those that do not stay used.
+fn replay_snapshot(catalog: &mut Catalog, snapshot: &Snapshot, resolver: &mut BlobResolver) {
+    catalog.restore_forgotten(&snapshot.forgotten);
+    for entry in &snapshot.names {
+        for version in &entry.versions {
+            let restored = resolver
+                .version(version)
+                .is_some_and(|v| catalog.restore(v, entry.last_version));
+            if !restored {
+                catalog.restore_number(&entry.name, entry.last_version);
+                warn!(
+                    name = %version.info.name,
+                    version = version.info.version,
+                    "a stored version could not be restored"
+                );
+            }
+        }
+    }
+}
+
+/// Apply the changes recorded since the snapshot, in order.
+fn replay_journal(catalog: &mut Catalog, journal: &[JournalEntry], resolver: &mut BlobResolver) {
+    for entry in journal {
+        match entry {
+            JournalEntry::Published(stored) => {
+                let number = stored.info.version;
+                let restored = resolver
+                    .version(stored)
+                    .is_some_and(|version| catalog.restore(version, number));
+                if !restored {
+                    // Its blob may be gone because a later entry removes
+                    // it; either way the number stays used.
+                    catalog.restore_number(&stored.info.name, number);
+                }
+            }
+            JournalEntry::Removed { name, version } => {
+                // Not found: a version that could not be restored.
+                let _ = catalog.remove(name, Some(*version));
+            }
+        }
+    }
+}
+
+/// Make the fd store hold exactly the blobs the catalog now holds, each
+/// under its current name, and count what was dropped.
+fn settle_blobs(state: &State, resolver: BlobResolver) -> Restored {
+    let mut restored = resolver.restored;
+    let held: Vec<Arc<Blob>> = state.with_catalog(|catalog| catalog.blobs().cloned().collect());
     let held_names: HashSet<String> = held.iter().map(|blob| blob_name(&blob.key())).collect();
     for blob in &held {
         let name = blob_name(&blob.key());
@@ -563,33 +605,7 @@ pub fn restore(store: &Store, passed: Vec<(String, OwnedFd)>) -> (Arc<FdStore>, 
         restored.dropped += 1;
     }
     restored.blobs = held.len();
-    restored.versions = store.with_catalog(|catalog| catalog.totals().versions as usize);
-
-    let mut current = Generation {
-        number: snapshot.generation,
-        journal: rustix::fs::memfd_create("memseal-journal", MemfdFlags::CLOEXEC)
-            .expect("a memfd for the journal"),
-        journal_len: 0,
-        snapshot_len: 0,
-        broken: true,
-    };
-    if let Err(e) = compact(store, &mut current) {
-        warn!("cannot keep the catalog in the fd store; a restart would lose it: {e}");
-    }
-    if restored != Restored::default() {
-        info!(
-            versions = restored.versions,
-            blobs = restored.blobs,
-            dropped = restored.dropped,
-            "restored the catalog from the fd store"
-        );
-    }
-    (
-        Arc::new(FdStore {
-            current: Mutex::new(current),
-        }),
-        restored,
-    )
+    restored
 }
 
 #[cfg(test)]

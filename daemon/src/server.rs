@@ -22,7 +22,7 @@
 use crate::config::Config;
 use crate::connection::{self, Connection};
 use crate::policy::Peer;
-use crate::store::Store;
+use crate::state::State;
 use memseal_proto::codec::encode_response;
 use memseal_proto::{ErrorCode, Response};
 use std::collections::HashMap;
@@ -31,128 +31,219 @@ use std::os::fd::AsFd;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tokio::net::{UnixListener, UnixStream};
-use tokio::sync::{watch, Semaphore};
+use tokio::sync::{watch, OwnedSemaphorePermit, Semaphore};
 use tokio::task::JoinSet;
 use tracing::{debug, error, info, warn};
 
 /// Serve until `stop` resolves, then shut down gracefully.
 pub async fn serve(
     listener: UnixListener,
-    store: Arc<Store>,
+    state: Arc<State>,
     config: Arc<Config>,
     stop: impl std::future::Future<Output = ()>,
 ) {
-    let (shutdown_tx, shutdown_rx) = watch::channel(false);
-    let limit = Arc::new(Semaphore::new(config.max_connections));
-    let users_max = users_connections(&config);
-    let users = Arc::new(Semaphore::new(users_max));
-    let per_uid = Arc::new(UidSlots::new(config.max_connections_per_uid));
-    let unread_limit = connection::unread_limit(config.max_connections, descriptor_limit());
-    debug!(
-        unread_replies = unread_limit.replies,
-        unread_bytes = unread_limit.bytes,
-        "bound on unread replies with descriptors, per connection"
-    );
-    let mut tasks = JoinSet::new();
-    let mut backoff = Duration::ZERO;
-    tokio::pin!(stop);
-    loop {
-        // Reap finished connection tasks so the set does not grow.
-        while tasks.try_join_next().is_some() {}
-        let accepted = tokio::select! {
-            _ = &mut stop => break,
-            accepted = listener.accept() => accepted,
-        };
-        let stream = match accepted {
-            Ok((stream, _)) => {
-                backoff = Duration::ZERO;
-                stream
+    let mut server = Listener::new(listener, state, config);
+    server.run(stop).await;
+    server.shut_down().await;
+}
+
+/// The listening socket and everything the connections it accepts share.
+struct Listener {
+    listener: UnixListener,
+    state: Arc<State>,
+    config: Arc<Config>,
+    admission: Admission,
+    unread_limit: connection::UnreadLimit,
+    /// One task per connection.
+    tasks: JoinSet<()>,
+    /// Turns true to tell every connection to finish.
+    shutdown: watch::Sender<bool>,
+}
+
+impl Listener {
+    fn new(listener: UnixListener, state: Arc<State>, config: Arc<Config>) -> Listener {
+        let unread_limit = connection::unread_limit(config.max_connections, descriptor_limit());
+        debug!(
+            unread_replies = unread_limit.replies,
+            unread_bytes = unread_limit.bytes,
+            "bound on unread replies with descriptors, per connection"
+        );
+        Listener {
+            listener,
+            admission: Admission::new(&config),
+            state,
+            config,
+            unread_limit,
+            tasks: JoinSet::new(),
+            shutdown: watch::channel(false).0,
+        }
+    }
+
+    /// Accept and admit connections until `stop` resolves.
+    async fn run(&mut self, stop: impl std::future::Future<Output = ()>) {
+        tokio::pin!(stop);
+        loop {
+            // Reap finished connection tasks so the set does not grow.
+            while self.tasks.try_join_next().is_some() {}
+            let stream = tokio::select! {
+                _ = &mut stop => return,
+                stream = self.accept() => stream,
+            };
+            if let Some(handler) = self.admit(stream) {
+                self.tasks.spawn(handler.run());
             }
-            Err(e) => {
-                backoff = accept_backoff(&e, backoff);
-                tokio::select! {
-                    _ = &mut stop => break,
-                    _ = tokio::time::sleep(backoff) => continue,
+        }
+    }
+
+    /// The next connection. A failure for lack of resources backs off (up
+    /// to a second) instead of spinning; others are retried at once.
+    /// Cancel-safe.
+    async fn accept(&self) -> UnixStream {
+        let mut backoff = Duration::ZERO;
+        loop {
+            match self.listener.accept().await {
+                Ok((stream, _)) => return stream,
+                Err(e) => {
+                    backoff = accept_backoff(&e, backoff);
+                    tokio::time::sleep(backoff).await;
                 }
             }
-        };
+        }
+    }
+
+    /// Read who connected and take its slots, or tell it why not.
+    fn admit(&self, stream: UnixStream) -> Option<Handler> {
         let peer = match peer_of(&stream) {
             Ok(peer) => peer,
             Err(e) => {
                 warn!("cannot read the credentials of a new client: {e}");
-                continue;
+                return None;
             }
         };
-        let publisher = store.policy().is_publisher(&peer);
-        let Ok(permit) = limit.clone().try_acquire_owned() else {
-            let max = config.max_connections;
-            refuse_busy(
-                &stream,
-                format!("memseald is at its limit of {max} connections; retry later"),
-            );
-            continue;
-        };
-        let users_permit = if publisher {
-            None
-        } else {
-            let Ok(permit) = users.clone().try_acquire_owned() else {
-                refuse_busy(
-                    &stream,
-                    format!(
-                        "users who are not publishers hold all {users_max} connections they                          may share (the rest of max_connections is reserved for publishers);                          retry later"
-                    ),
-                );
-                continue;
-            };
-            Some(permit)
-        };
-        let Some(uid_slot) = per_uid.try_take(peer.uid, publisher) else {
-            let max = config.max_connections_per_uid;
-            refuse_busy(
-                &stream,
-                format!(
-                    "uid {} is at its limit of {max} connections to memseald \
-                     (max_connections_per_uid); close some or retry later",
-                    peer.uid
-                ),
-            );
-            continue;
+        let publisher = self.state.policy().is_publisher(&peer);
+        let slots = match self.admission.admit(peer.uid, publisher) {
+            Ok(slots) => slots,
+            Err(busy) => {
+                refuse_busy(&stream, busy);
+                return None;
+            }
         };
         debug!(peer = %peer, "accepted");
-        let connection = Connection::new(
-            stream,
-            peer,
-            store.clone(),
-            config.clone(),
-            unread_limit,
-            shutdown_rx.clone(),
-        );
-        let store = store.clone();
-        tasks.spawn(async move {
-            store.connection_opened();
-            connection.run().await;
-            store.connection_closed();
-            drop(uid_slot);
-            drop(users_permit);
-            drop(permit);
-        });
+        Some(Handler {
+            connection: Connection::new(
+                stream,
+                peer,
+                self.state.clone(),
+                self.config.clone(),
+                self.unread_limit,
+                self.shutdown.subscribe(),
+            ),
+            state: self.state.clone(),
+            _slots: slots,
+        })
     }
-    info!(
-        connections = store.connections(),
-        "shutting down: no longer accepting"
-    );
-    drop(listener);
-    let _ = shutdown_tx.send(true);
-    let drained = tokio::time::timeout(config.shutdown_grace, async {
-        while tasks.join_next().await.is_some() {}
-    })
-    .await;
-    if drained.is_err() {
-        warn!(
-            remaining = tasks.len(),
-            "requests still running after {:?}; closing them", config.shutdown_grace
+
+    /// Stop accepting, tell every connection to finish, and wait for them
+    /// up to the grace period.
+    async fn shut_down(mut self) {
+        info!(
+            connections = self.state.connections(),
+            "shutting down: no longer accepting"
         );
-        tasks.shutdown().await;
+        drop(self.listener);
+        let _ = self.shutdown.send(true);
+        let tasks = &mut self.tasks;
+        let drained = tokio::time::timeout(self.config.shutdown_grace, async {
+            while tasks.join_next().await.is_some() {}
+        })
+        .await;
+        if drained.is_err() {
+            warn!(
+                remaining = self.tasks.len(),
+                "requests still running after {:?}; closing them", self.config.shutdown_grace
+            );
+            self.tasks.shutdown().await;
+        }
+    }
+}
+
+/// One admitted connection and the slots it holds until it ends.
+struct Handler {
+    connection: Connection,
+    state: Arc<State>,
+    _slots: Slots,
+}
+
+impl Handler {
+    async fn run(self) {
+        self.state.connection_opened();
+        self.connection.run().await;
+        self.state.connection_closed();
+        // The slots go back as `self` is dropped.
+    }
+}
+
+/// The three connection limits.
+struct Admission {
+    total: Arc<Semaphore>,
+    max_total: usize,
+    /// All users who are not publishers together.
+    users: Arc<Semaphore>,
+    max_users: usize,
+    per_uid: Arc<UidSlots>,
+    max_per_uid: usize,
+}
+
+/// The slots one connection holds; given back when dropped.
+struct Slots {
+    _total: OwnedSemaphorePermit,
+    _users: Option<OwnedSemaphorePermit>,
+    _uid: UidSlot,
+}
+
+impl Admission {
+    fn new(config: &Config) -> Admission {
+        let max_users = users_connections(config);
+        Admission {
+            total: Arc::new(Semaphore::new(config.max_connections)),
+            max_total: config.max_connections,
+            users: Arc::new(Semaphore::new(max_users)),
+            max_users,
+            per_uid: Arc::new(UidSlots::new(config.max_connections_per_uid)),
+            max_per_uid: config.max_connections_per_uid,
+        }
+    }
+
+    /// Slots for one more connection of `uid`, or the refusal to send.
+    fn admit(&self, uid: u32, publisher: bool) -> Result<Slots, String> {
+        let total = self.total.clone().try_acquire_owned().map_err(|_| {
+            format!(
+                "memseald is at its limit of {} connections; retry later",
+                self.max_total
+            )
+        })?;
+        let users = match publisher {
+            true => None,
+            false => Some(self.users.clone().try_acquire_owned().map_err(|_| {
+                format!(
+                    "users who are not publishers hold all {} connections they may share \
+                     (the rest of max_connections is reserved for publishers); retry later",
+                    self.max_users
+                )
+            })?),
+        };
+        let uid_slot = self.per_uid.try_take(uid, publisher).ok_or_else(|| {
+            format!(
+                "uid {uid} is at its limit of {} connections to memseald \
+                 (max_connections_per_uid); close some or retry later",
+                self.max_per_uid
+            )
+        })?;
+        Ok(Slots {
+            _total: total,
+            _users: users,
+            _uid: uid_slot,
+        })
     }
 }
 

@@ -85,17 +85,31 @@ pub fn unread_bytes(socket: BorrowedFd<'_>) -> io::Result<usize> {
     Ok(pending.max(0) as usize)
 }
 
-/// Take ownership of a descriptor number passed by the service manager in
-/// `LISTEN_FDS`.
+/// Take ownership of the descriptors the service manager passed in
+/// `LISTEN_FDS`, with their names from `LISTEN_FDNAMES`.
 ///
-/// Only for the numbers that `sd_notify::listen_fds_with_names` returned,
-/// which checked that LISTEN_PID names this process; call it once per
-/// number.
-pub fn adopt_inherited_fd(raw: RawFd) -> OwnedFd {
-    // The caller takes each number exactly once, at start-up.
-    // SAFETY: the service manager opened these descriptors for this process (LISTEN_PID matched)
-    // and nothing else in the process owns them.
-    unsafe { OwnedFd::from_raw_fd(raw) }
+/// Owning a descriptor number is sound only if nothing else in the process
+/// owns it: `sd_notify::listen_fds_with_names` checked that `LISTEN_PID`
+/// names this process (so the numbers were opened for it), and this
+/// function hands them out once per process, however often it is called;
+/// later calls get none.
+pub fn take_inherited_fds() -> io::Result<Vec<(String, OwnedFd)>> {
+    use std::sync::atomic::{AtomicBool, Ordering};
+    static TAKEN: AtomicBool = AtomicBool::new(false);
+    if TAKEN.swap(true, Ordering::SeqCst) {
+        return Ok(Vec::new());
+    }
+    let passed: Vec<(RawFd, String)> = sd_notify::listen_fds_with_names()?.collect();
+    Ok(passed
+        .into_iter()
+        .map(|(raw, name)| {
+            // SAFETY: the service manager opened this descriptor for this
+            // process (LISTEN_PID matched), nothing else in the process owns
+            // it, and the flag above lets each number be taken only once.
+            let fd = unsafe { OwnedFd::from_raw_fd(raw) };
+            (name, fd)
+        })
+        .collect())
 }
 
 /// Fault the first `len` bytes of an empty memfd in through a temporary

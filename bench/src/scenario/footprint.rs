@@ -37,7 +37,11 @@ pub fn run(bench: &Bench) -> io::Result<Section> {
     for start in 0..bench.effort.starts.max(1) {
         let dir = root.join(format!("start-{start}"));
         let (daemon, served) = start_and_probe(bench, &dir, &assets)?;
-        ready.push(daemon.ready_after);
+        ready.push(
+            daemon
+                .ready_after
+                .expect("started with a notification socket"),
+        );
         first_fetch.push(served);
     }
 
@@ -125,7 +129,7 @@ fn start_and_probe(bench: &Bench, dir: &Path, assets: &Path) -> io::Result<(Daem
             std::thread::sleep(Duration::from_micros(100));
         }
     });
-    let daemon = Daemon::start(&bench.daemon_config, dir, Some(assets))?;
+    let daemon = crate::daemon::start(&bench.daemon_config, dir, Some(assets))?;
     let served_at = served_rx
         .recv_timeout(Duration::from_secs(20))
         .map_err(|_| io::Error::other("the probe client was never served"))?;

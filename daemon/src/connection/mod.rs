@@ -28,7 +28,7 @@ use crate::catalog::CatalogError;
 use crate::config::Config;
 use crate::descriptions::Descriptions;
 use crate::policy::{Peer, Write};
-use crate::store::Store;
+use crate::state::State;
 use crate::sys;
 use memseal_proto::codec::{decode_request, encode_response};
 use memseal_proto::name::{validate_name, validate_prefix};
@@ -49,7 +49,7 @@ mod unread;
 mod watching;
 
 pub use publish::USER_INGESTS;
-pub use unread::{unread_limit, UnreadLimit, MAX_UNREAD_REPLIES};
+pub use unread::{unread_limit, UnreadLimit};
 
 /// Names listed per page: a page of the longest names stays well under
 /// the 64 KiB frame cap.
@@ -88,7 +88,7 @@ pub struct Connection {
     buffer: FrameBuffer,
     /// Who the kernel says is at the other end; decides the policy.
     peer: Peer,
-    store: Arc<Store>,
+    state: Arc<State>,
     config: Arc<Config>,
     /// How many replies with descriptors the peer may leave unread.
     unread_limit: UnreadLimit,
@@ -107,7 +107,7 @@ impl Connection {
     pub fn new(
         stream: UnixStream,
         peer: Peer,
-        store: Arc<Store>,
+        state: Arc<State>,
         config: Arc<Config>,
         unread_limit: UnreadLimit,
         shutdown: watch::Receiver<bool>,
@@ -116,7 +116,7 @@ impl Connection {
             stream,
             buffer: FrameBuffer::new(),
             peer,
-            store,
+            state,
             config,
             unread_limit,
             unchecked_sends: std::sync::atomic::AtomicUsize::new(0),
@@ -150,8 +150,8 @@ impl Connection {
             Err(End::Peer(e)) => Some(e.to_string()),
         };
         if let Some(why) = why {
-            let exempt = self.store.policy().is_publisher(&self.peer);
-            if let Some(note) = self.store.log_budget().allow(&self.peer, exempt) {
+            let exempt = self.state.policy().is_publisher(&self.peer);
+            if let Some(note) = self.state.log_budget().allow(&self.peer, exempt) {
                 info!(peer = %self.peer, "dropping client: {why}{note}");
             }
         }
@@ -230,10 +230,10 @@ impl Connection {
             return Err(End::Peer(FrameError::Protocol(message)));
         }
         debug!(peer = %self.peer, client = %client.escape_debug(), "handshake");
-        let budget = self.store.budget();
+        let budget = self.state.budget();
         let welcome = Response::Welcome {
             version: PROTOCOL_VERSION,
-            server: crate::store::server_name(),
+            server: crate::state::server_name(),
             limits: Limits {
                 max_frame_len: memseal_proto::MAX_FRAME_LEN,
                 max_asset_size: budget.max_asset_size,
@@ -374,7 +374,7 @@ impl Connection {
                 if let Err(reply) = invalid_name(&name) {
                     return self.reply(reply, None).await;
                 }
-                let reply = match self.store.stat(&name, selector) {
+                let reply = match self.state.stat(&name, selector) {
                     Ok(info) => Response::Info(info),
                     Err(e) => Response::error(e.code, e.message),
                 };
@@ -392,17 +392,17 @@ impl Connection {
                         )
                         .await;
                 }
-                let (assets, next) = self.store.list(&prefix, start_after.as_deref(), LIST_PAGE);
+                let (assets, next) = self.state.list(&prefix, start_after.as_deref(), LIST_PAGE);
                 self.reply(Response::Listing { assets, next }, None).await
             }
             Request::Remove { name, version } => {
                 if let Err(reply) = self.check_write(Write::Remove, &name) {
                     return self.reply(reply, None).await;
                 }
-                let reply = match self.store.remove(&name, version) {
+                let reply = match self.state.remove(&name, version) {
                     Ok(versions) => {
-                        let exempt = self.store.policy().is_publisher(&self.peer);
-                        if let Some(note) = self.store.log_budget().allow(&self.peer, exempt) {
+                        let exempt = self.state.policy().is_publisher(&self.peer);
+                        if let Some(note) = self.state.log_budget().allow(&self.peer, exempt) {
                             info!(peer = %self.peer, name, ?version, "removed{note}");
                         }
                         Response::Removed { versions }
@@ -412,7 +412,7 @@ impl Connection {
                 self.reply(reply, None).await
             }
             Request::Status => {
-                self.reply(Response::Status(self.store.status()), None)
+                self.reply(Response::Status(self.state.status()), None)
                     .await
             }
             Request::Watch { prefix } => self.watch(prefix).await,
@@ -422,11 +422,11 @@ impl Connection {
     /// Name rules and access policy for a write; the error is the reply.
     fn check_write(&self, action: Write, name: &str) -> Result<(), Response> {
         invalid_name(name)?;
-        self.store
+        self.state
             .policy()
             .check_write(&self.peer, action, name)
             .map_err(|why| {
-                if let Some(note) = self.store.log_budget().allow(&self.peer, false) {
+                if let Some(note) = self.state.log_budget().allow(&self.peer, false) {
                     info!(peer = %self.peer, name, "denied: {why}{note}");
                 }
                 Response::error(ErrorCode::PermissionDenied, why)
@@ -434,7 +434,7 @@ impl Connection {
     }
 
     async fn fetch(&mut self, name: &str, selector: Selector) -> Result<(), End> {
-        match self.store.fetch(name, selector) {
+        match self.state.fetch(name, selector) {
             Ok((info, blob)) => {
                 // `blob` keeps the memfd open until the reply is sent, even if
                 // the version is removed meanwhile; the reader gets a

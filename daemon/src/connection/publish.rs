@@ -15,7 +15,7 @@
 use super::{Connection, End};
 use crate::blob::{self, Blob, BlobWriter, IngestError, Ingested};
 use crate::policy::Write;
-use crate::store::Reservation;
+use crate::state::Reservation;
 use memseal_proto::tokio_io;
 use memseal_proto::{ErrorCode, FrameError, PublishSource, Response};
 use std::os::fd::OwnedFd;
@@ -45,8 +45,8 @@ impl Connection {
         if let Err(reply) = self.check_write(Write::Publish, &name) {
             return self.reply(reply, None).await;
         }
-        let exempt = self.store.policy().is_publisher(&self.peer);
-        let reservation = match self.store.reserve(size, self.peer.uid, exempt) {
+        let exempt = self.state.policy().is_publisher(&self.peer);
+        let reservation = match self.state.reserve(size, self.peer.uid, exempt) {
             Ok(r) => r,
             // A streamed publish is refused before the client was told to
             // send, so there is nothing to drain.
@@ -69,8 +69,8 @@ impl Connection {
         };
         match outcome {
             Ok((blob, reservation)) => {
-                let info = self.store.publish(reservation, &name, blob);
-                if let Some(note) = self.store.log_budget().allow(&self.peer, exempt) {
+                let info = self.state.publish(reservation, &name, blob);
+                if let Some(note) = self.state.log_budget().allow(&self.peer, exempt) {
                     tracing::info!(
                         peer = %self.peer,
                         name = %info.name,
@@ -99,7 +99,7 @@ impl Connection {
         let permit = if exempt {
             None
         } else {
-            let slots = self.store.user_ingests();
+            let slots = self.state.user_ingests();
             let waited = tokio::time::timeout(self.config.io_timeout, slots.acquire_owned()).await;
             match waited {
                 Ok(Ok(permit)) => Some(permit),

@@ -23,7 +23,7 @@ impl Connection {
             return self.reply(reply, None).await;
         }
         // Subscribe before answering, so no change after the answer is missed.
-        let mut events = self.store.subscribe();
+        let mut events = self.state.subscribe();
         self.reply(Response::Watching, None).await?;
         debug!(peer = %self.peer, prefix, "watching");
         enum Next {

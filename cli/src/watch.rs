@@ -1,9 +1,9 @@
 //! `memseal watch [PREFIX]`
 
-use super::args::WatchArgs;
-use super::failure::Failure;
-use super::format::{asset_json, human_size, HASH_PREFIX_LEN};
-use super::output::Output;
+use crate::args::WatchArgs;
+use crate::failure::Failure;
+use crate::format::{asset_json, human_size, HASH_PREFIX_LEN};
+use crate::output::Output;
 use memseal::proto::message::hash_to_hex;
 use memseal::{Client, Event};
 

@@ -1,6 +1,8 @@
 //! The `memseal` binary against the fake daemon of `common`: what it prints,
 //! how it sends each kind of input, and its exit statuses.
 
+// The fake daemon the library's own tests use.
+#[path = "../../client/tests/common/mod.rs"]
 mod common;
 
 use common::{Arrival, Behaviour, FakeDaemon};

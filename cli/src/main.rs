@@ -1,4 +1,5 @@
-//! The `memseal` command: publish, fetch, list, inspect and remove assets.
+//! `memseal`, the command line of memseald: publish, fetch, list, inspect
+//! and remove assets.
 //!
 //! ```text
 //! memseal [--socket PATH] [--json] publish NAME [FILE|-]
@@ -13,8 +14,9 @@
 //! memseal man
 //! ```
 //!
-//! Each run parses the command line ([`args`]), connects with the library's
-//! default policy (the daemon must run as root or as the caller), runs one
+//! Each run parses the command line ([`args`]), connects as the library
+//! does by default (the socket it chooses, the daemon's user it trusts for
+//! that socket; `--socket` and `--server-uid` say otherwise), runs one
 //! command module, and maps any failure to a message on stderr,
 //! `memseal: <message>`, and an exit status ([`failure`] has the table;
 //! usage errors exit with 2, from clap).
@@ -22,6 +24,10 @@
 //! Results go to stdout through [`output`]: text for people, or JSON with
 //! `--json`, where hashes are 64 hex digits and times are milliseconds since
 //! the Unix epoch.
+
+// The doc comments of `args` are also the `--help` text clap prints, where
+// `MEMSEAL_FD_<VAR>` is plain text, not an HTML tag.
+#![allow(rustdoc::invalid_html_tags)]
 
 mod args;
 mod exec;
@@ -47,7 +53,7 @@ use output::Output;
 use std::process::ExitCode;
 
 /// Parse the command line, run the command, and give the exit status.
-pub fn main() -> ExitCode {
+fn main() -> ExitCode {
     // On a usage error clap prints its message and exits with status 2.
     let cli = Cli::parse();
     match run(&cli) {

@@ -1,11 +1,11 @@
 //! `memseal publish NAME [FILE|-]`
 
-use super::args::PublishArgs;
-use super::failure::Failure;
-use super::format::{asset_json, human_size};
-use super::memfd;
-use super::output::Output;
-use super::progress::Progress;
+use crate::args::PublishArgs;
+use crate::failure::Failure;
+use crate::format::{asset_json, human_size};
+use crate::memfd;
+use crate::output::Output;
+use crate::progress::Progress;
 use memseal::proto::message::hash_to_hex;
 use memseal::proto::name::validate_name;
 use memseal::{AssetInfo, Client};

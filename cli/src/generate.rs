@@ -1,9 +1,9 @@
 //! `memseal completions SHELL` and `memseal man`: both generated from the
-//! clap definition in [`super::args`], so they never drift from it.
+//! clap definition in [`crate::args`], so they never drift from it.
 
-use super::args::{Cli, CompletionsArgs};
-use super::failure::Failure;
-use super::output::Output;
+use crate::args::{Cli, CompletionsArgs};
+use crate::failure::Failure;
+use crate::output::Output;
 use clap::CommandFactory;
 
 /// Write the completion script for the shell.

@@ -1,10 +1,10 @@
 //! `memseal get NAME [-o FILE] [--version N | --hash HEX]`
 
-use super::args::GetArgs;
-use super::failure::Failure;
-use super::format::human_size;
-use super::output::Output;
-use super::progress::Progress;
+use crate::args::GetArgs;
+use crate::failure::Failure;
+use crate::format::human_size;
+use crate::output::Output;
+use crate::progress::Progress;
 use memseal::Client;
 use std::fs::File;
 use std::io::Write;

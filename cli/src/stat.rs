@@ -1,9 +1,9 @@
 //! `memseal stat NAME [--version N | --hash HEX]`
 
-use super::args::StatArgs;
-use super::failure::Failure;
-use super::format::{age, asset_json, human_size, pairs, utc_timestamp};
-use super::output::Output;
+use crate::args::StatArgs;
+use crate::failure::Failure;
+use crate::format::{age, asset_json, human_size, pairs, utc_timestamp};
+use crate::output::Output;
 use memseal::proto::message::hash_to_hex;
 use memseal::{Client, ShmemHugePages};
 use serde_json::json;

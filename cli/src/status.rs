@@ -1,8 +1,8 @@
 //! `memseal status`
 
-use super::failure::Failure;
-use super::format::{human_duration, human_size, pairs};
-use super::output::Output;
+use crate::failure::Failure;
+use crate::format::{human_duration, human_size, pairs};
+use crate::output::Output;
 use memseal::{Client, ShmemHugePages};
 use serde_json::json;
 use std::time::Duration;

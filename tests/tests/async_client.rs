@@ -1,81 +1,14 @@
-//! The async client against the real `memseald` (built next to this test
-//! by `cargo build --workspace --bins`): the same operations, answers and
-//! checks as the blocking client. Run with `--features tokio`.
-#![cfg(feature = "tokio")]
+//! The async client (the `memseal` crate's feature `tokio`) against the
+//! real `memseald`: the same operations, answers and checks as the
+//! blocking client.
 
 use memseal::{AsyncClient, Event, MapOptions, Selector};
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use memseal_tests::Daemon;
 use std::time::Duration;
-
-/// A real daemon in a temporary directory, killed on drop.
-struct RealDaemon {
-    child: Child,
-    socket: PathBuf,
-    _dir: tempfile::TempDir,
-}
-
-impl RealDaemon {
-    fn start() -> Option<RealDaemon> {
-        let exe = std::env::current_exe().unwrap();
-        let daemon = exe.parent()?.parent()?.join("memseald");
-        if !daemon.exists() {
-            eprintln!(
-                "MEMSEAL-TEST-SKIPPED: async client: {} is not built (cargo build --workspace --bins)",
-                daemon.display()
-            );
-            assert!(
-                std::env::var_os("MEMSEAL_REQUIRE_ALL").is_none_or(|v| v != "1"),
-                "memseald is not built and MEMSEAL_REQUIRE_ALL=1"
-            );
-            return None;
-        }
-        let dir = tempfile::tempdir().unwrap();
-        let socket = dir.path().join("memseald.sock");
-        let config = dir.path().join("memseald.toml");
-        std::fs::write(&config, "").unwrap();
-        let child = Command::new(daemon)
-            .arg("--socket")
-            .arg(&socket)
-            .arg("--config")
-            .arg(&config)
-            .env_remove("LISTEN_FDS")
-            .env_remove("NOTIFY_SOCKET")
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap();
-        for _ in 0..2000 {
-            if std::os::unix::net::UnixStream::connect(&socket).is_ok() {
-                break;
-            }
-            std::thread::sleep(Duration::from_millis(10));
-        }
-        Some(RealDaemon {
-            child,
-            socket,
-            _dir: dir,
-        })
-    }
-
-    fn socket(&self) -> &Path {
-        &self.socket
-    }
-}
-
-impl Drop for RealDaemon {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
 
 #[tokio::test(flavor = "current_thread")]
 async fn every_operation_works_as_in_the_blocking_client() {
-    let Some(daemon) = RealDaemon::start() else {
-        return;
-    };
+    let daemon = Daemon::start();
     let mut client = AsyncClient::connect_to(daemon.socket()).await.unwrap();
     assert!(client.server().starts_with("memseald"));
     let mut watcher = client.watch("a/").await.unwrap();
@@ -103,7 +36,7 @@ async fn every_operation_works_as_in_the_blocking_client() {
     assert_eq!(client.fetch("a/one").await.unwrap()[0], data[0]);
 
     let file = {
-        let path = daemon.socket().with_file_name("source");
+        let path = daemon.dir().join("source");
         std::fs::write(&path, b"from a file").unwrap();
         std::fs::File::open(&path).unwrap()
     };
@@ -153,9 +86,7 @@ async fn every_operation_works_as_in_the_blocking_client() {
 
 #[tokio::test(flavor = "current_thread")]
 async fn publish_reader_streams_exactly_the_promised_bytes() {
-    let Some(daemon) = RealDaemon::start() else {
-        return;
-    };
+    let daemon = Daemon::start();
     let mut client = AsyncClient::connect_to(daemon.socket()).await.unwrap();
     // More than one chunk, from any AsyncRead (a byte slice here).
     let data: Vec<u8> = (0..700_000u32).map(|i| (i % 241) as u8).collect();

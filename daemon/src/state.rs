@@ -16,11 +16,11 @@ use std::sync::{Arc, Mutex, MutexGuard, RwLock};
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
 /// Called with every batch of catalog changes, in order, outside the lock.
-pub type Observer = Box<dyn Fn(&Store, &[Change]) + Send + Sync>;
+pub type Observer = Box<dyn Fn(&State, &[Change]) + Send + Sync>;
 
 /// The daemon's shared state: the catalog and everything connections use
 /// together. See the module documentation.
-pub struct Store {
+pub struct State {
     catalog: Mutex<Catalog>,
     policy: RwLock<Arc<Policy>>,
     observers: RwLock<Vec<Observer>>,
@@ -40,9 +40,9 @@ pub struct Store {
 /// must then resubscribe and assume it missed changes).
 pub const WATCH_BACKLOG: usize = 4096;
 
-impl Store {
-    pub fn new(budget: Budget, policy: Policy) -> Arc<Store> {
-        Arc::new(Store {
+impl State {
+    pub fn new(budget: Budget, policy: Policy) -> Arc<State> {
+        Arc::new(State {
             catalog: Mutex::new(Catalog::new(budget)),
             policy: RwLock::new(Arc::new(policy)),
             observers: RwLock::new(Vec::new()),
@@ -136,7 +136,7 @@ impl Store {
         };
         self.catalog().reserve(claim)?;
         Ok(Reservation {
-            store: self.clone(),
+            state: self.clone(),
             claim: Some(claim),
             uid,
         })
@@ -243,7 +243,7 @@ impl Store {
 /// Budget promised to a publish in progress, given back when dropped
 /// unless the catalog took it over.
 pub struct Reservation {
-    store: Arc<Store>,
+    state: Arc<State>,
     /// None once handed over to the catalog.
     claim: Option<Claim>,
     uid: u32,
@@ -265,7 +265,7 @@ impl Reservation {
 impl Drop for Reservation {
     fn drop(&mut self) {
         if let Some(claim) = self.claim.take() {
-            self.store.catalog().release(claim);
+            self.state.catalog().release(claim);
         }
     }
 }

@@ -8,7 +8,7 @@
 //! The memfd is filled with `write`, never through a mapping: `F_SEAL_WRITE`
 //! fails with `EBUSY` while any writable shared mapping of the file exists.
 
-use super::failure::Failure;
+use crate::failure::Failure;
 use rustix::fs::{fchmod, fcntl_add_seals, memfd_create, MemfdFlags, Mode, SealFlags};
 use rustix::io::{write, Errno};
 use std::io::{self, Read};
@@ -40,7 +40,7 @@ pub fn read_sealed(mut input: impl Read, max_size: u64) -> Result<OwnedFd, Failu
         if total > max_size {
             return Err(Failure::refused(format!(
                 "the input is larger than the daemon's limit of {} ({max_size} bytes)",
-                super::format::human_size(max_size)
+                crate::format::human_size(max_size)
             )));
         }
         write_all(&memfd, &buffer[..got])

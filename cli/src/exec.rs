@@ -10,8 +10,8 @@
 //! anyone else did. Where `/proc` is not mounted, a duplicate with
 //! close-on-exec cleared stands in.
 
-use super::args::{AssetSpec, ExecArgs};
-use super::failure::{Failure, Status};
+use crate::args::{AssetSpec, ExecArgs};
+use crate::failure::{Failure, Status};
 use memseal::proto::message::hash_to_hex;
 use memseal::{AssetInfo, Client};
 use rustix::fs::{open, Mode, OFlags};

@@ -1,8 +1,8 @@
 //! `memseal rm NAME [--version N]`
 
-use super::args::RmArgs;
-use super::failure::Failure;
-use super::output::Output;
+use crate::args::RmArgs;
+use crate::failure::Failure;
+use crate::output::Output;
 use memseal::Client;
 use serde_json::json;
 

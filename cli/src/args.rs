@@ -1,6 +1,6 @@
 //! The command line, as clap derives it.
 
-use super::failure::EXIT_STATUS_HELP;
+use crate::failure::EXIT_STATUS_HELP;
 use memseal::proto::message::hash_from_hex;
 use memseal::{Hash, Selector};
 use std::ffi::OsString;

@@ -1,6 +1,6 @@
 //! Where a command's results go: standard output, as text or as JSON.
 
-use super::failure::Failure;
+use crate::failure::Failure;
 use serde_json::Value;
 use std::io::{self, Write};
 

@@ -1,9 +1,9 @@
 //! `memseal ls [PREFIX]`
 
-use super::args::LsArgs;
-use super::failure::Failure;
-use super::format::{age, asset_json, human_size, table, HASH_PREFIX_LEN};
-use super::output::Output;
+use crate::args::LsArgs;
+use crate::failure::Failure;
+use crate::format::{age, asset_json, human_size, table, HASH_PREFIX_LEN};
+use crate::output::Output;
 use memseal::proto::message::hash_to_hex;
 use memseal::Client;
 use serde_json::Value;

@@ -21,7 +21,7 @@
 use crate::asset::Asset;
 use crate::client::regular_file_size;
 use crate::connect::ConnectOptions;
-use crate::error::Error;
+use crate::error::{Error, HandshakeError};
 use crate::options::MapOptions;
 use crate::private::PrivateCopy;
 use crate::protocol::{self, Action, Operation, Session, Step};
@@ -30,7 +30,8 @@ use memseal_proto::codec::{self, Decoded};
 use memseal_proto::tokio_io;
 use memseal_proto::wire::FrameBuffer;
 use memseal_proto::{
-    AssetInfo, Event, FrameError, Limits, Request, Response, Selector, ServerStatus,
+    AssetInfo, ErrorCode, Event, FrameError, Limits, Request, Response, Selector, ServerStatus,
+    SessionLimits, PROTOCOL_VERSION, PROTOCOL_VERSION_2,
 };
 use std::fmt;
 use std::fs::File;
@@ -54,6 +55,7 @@ pub struct AsyncClient {
     socket_path: PathBuf,
     server: String,
     limits: Limits,
+    session: Option<SessionLimits>,
     options: ConnectOptions,
 }
 
@@ -75,8 +77,19 @@ struct Reader<R> {
 type NoBody = Option<Reader<tokio::io::Empty>>;
 
 impl AsyncClient {
-    /// Connect with `options`: check the daemon's user, then greet it.
+    /// Connect with `options`: check the daemon's user, then greet it in
+    /// protocol version 2, or version 1 if the daemon speaks only that.
     pub async fn connect(options: &ConnectOptions) -> Result<AsyncClient, Error> {
+        match AsyncClient::connect_with(options, PROTOCOL_VERSION_2).await {
+            Err(Error::Handshake(HandshakeError::Refused {
+                code: ErrorCode::UnsupportedVersion,
+                ..
+            })) => AsyncClient::connect_with(options, PROTOCOL_VERSION).await,
+            other => other,
+        }
+    }
+
+    async fn connect_with(options: &ConnectOptions, version: u32) -> Result<AsyncClient, Error> {
         let choice = options.choose_socket()?;
         let path = choice.path().to_path_buf();
         let stream = UnixStream::connect(&path)
@@ -92,14 +105,18 @@ impl AsyncClient {
             buffer: FrameBuffer::new(),
             session: Session::default(),
         };
-        let (server, limits) = socket
-            .run(protocol::hello(options.greeting_name()), NoBody::None)
+        let welcome = socket
+            .run(
+                protocol::hello(options.greeting_name(), version),
+                NoBody::None,
+            )
             .await?;
         Ok(AsyncClient {
             socket,
             socket_path: path,
-            server,
-            limits,
+            server: welcome.server,
+            limits: welcome.limits,
+            session: welcome.session,
             options: options.clone(),
         })
     }
@@ -123,6 +140,12 @@ impl AsyncClient {
     /// The limits the daemon announced.
     pub fn limits(&self) -> &Limits {
         &self.limits
+    }
+
+    /// The session's limits, as the daemon announced them; see
+    /// [`Client::session_limits`](crate::Client::session_limits).
+    pub fn session_limits(&self) -> Option<&SessionLimits> {
+        self.session.as_ref()
     }
 
     /// How many requests this client has sent, the handshake not counted.
@@ -213,6 +236,37 @@ impl AsyncClient {
         let (info, fd) = self.fetch_descriptor(name, selector).await?;
         let (map, fd) = verify_private(fd, Some(info.size), options)?;
         Ok(PrivateCopy::new(info, map, fd))
+    }
+
+    /// Fetch several assets; see
+    /// [`Client::fetch_many`](crate::Client::fetch_many).
+    pub async fn fetch_many(
+        &mut self,
+        items: &[(&str, Selector)],
+        options: &MapOptions,
+    ) -> Result<Vec<Result<Asset, Error>>, Error> {
+        let per_request = self
+            .session
+            .map(|session| session.max_fetch_many as usize)
+            .filter(|max| *max > 1);
+        let Some(per_request) = per_request else {
+            let mut results = Vec::with_capacity(items.len());
+            for (name, selector) in items {
+                results.push(self.fetch_with_options(name, *selector, options).await);
+            }
+            return Ok(results);
+        };
+        let mut results = Vec::with_capacity(items.len());
+        for chunk in items.chunks(per_request) {
+            let batch = protocol::fetch_many(protocol::fetch_items(chunk));
+            for item in self.socket.run(batch, NoBody::None).await? {
+                results.push(item.and_then(|(info, fd)| {
+                    let sealed = verify_with(fd, Some(info.size), options)?;
+                    Ok(Asset::new(info, sealed))
+                }));
+            }
+        }
+        Ok(results)
     }
 
     async fn fetch_descriptor(
@@ -405,7 +459,7 @@ impl AsyncSocket {
 
     async fn send(&mut self, request: &Request, fd: Option<BorrowedFd<'_>>) -> Result<(), Error> {
         let frame = codec::encode_request(request).map_err(Error::Protocol)?;
-        tokio_io::write_frame(&self.stream, frame, fd)
+        tokio_io::write_frame(&self.stream, frame, fd.as_slice())
             .await
             .map_err(Error::Io)
     }

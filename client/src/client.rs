@@ -14,7 +14,7 @@ use crate::protocol;
 use crate::verify::{check_sealed, file_type_name, verify_private, verify_with};
 use crate::watch::Watcher;
 use memseal_proto::paths::SocketChoice;
-use memseal_proto::{AssetInfo, Limits, Selector, ServerStatus};
+use memseal_proto::{AssetInfo, Limits, Selector, ServerStatus, SessionLimits};
 use rustix::fs::{fstat, FileType};
 use std::fs::File;
 use std::io::{self, Read};
@@ -37,6 +37,8 @@ pub struct Client {
     socket: SocketChoice,
     server: String,
     limits: Limits,
+    /// None from a daemon that speaks only protocol version 1.
+    session: Option<SessionLimits>,
     /// How this client connected, so [`Client::watch`] can open a second
     /// connection the same way.
     options: ConnectOptions,
@@ -48,14 +50,14 @@ impl ConnectOptions {
         let Opened {
             connection,
             socket,
-            server,
-            limits,
+            welcome,
         } = self.open()?;
         Ok(Client {
             connection,
             socket,
-            server,
-            limits,
+            server: welcome.server,
+            limits: welcome.limits,
+            session: welcome.session,
             options: self.clone(),
         })
     }
@@ -102,6 +104,13 @@ impl Client {
     /// The limits the daemon announced: largest asset, budget, name length.
     pub fn limits(&self) -> &Limits {
         &self.limits
+    }
+
+    /// What this connection may do at most (descriptors left unread, items
+    /// per [`Client::fetch_many`]), as the daemon announced them; None from
+    /// a daemon that speaks only protocol version 1.
+    pub fn session_limits(&self) -> Option<&SessionLimits> {
+        self.session.as_ref()
     }
 
     /// How many requests this client has sent to the daemon (each one a
@@ -209,6 +218,43 @@ impl Client {
         let (info, fd) = self.fetch_descriptor(name, selector)?;
         let (map, fd) = verify_private(fd, Some(info.size), options)?;
         Ok(PrivateCopy::new(info, map, fd))
+    }
+
+    /// Fetch several assets, each picked by its selector: in one round trip
+    /// per [`SessionLimits::max_fetch_many`] items (one per item from a
+    /// daemon that speaks only protocol version 1). Each result is what
+    /// [`Client::fetch_with_options`] would give for that item; an item
+    /// that fails (not found, an invalid name, a descriptor that fails
+    /// verification) fails alone. The outer error is the connection's.
+    pub fn fetch_many(
+        &mut self,
+        items: &[(&str, Selector)],
+        options: &MapOptions,
+    ) -> Result<Vec<Result<Asset, Error>>, Error> {
+        let Some(per_request) = self.batch_size() else {
+            return Ok(items
+                .iter()
+                .map(|(name, selector)| self.fetch_with_options(name, *selector, options))
+                .collect());
+        };
+        let mut results = Vec::with_capacity(items.len());
+        for chunk in items.chunks(per_request) {
+            let batch = protocol::fetch_many(protocol::fetch_items(chunk));
+            for item in self.run(batch, &mut NoBody)? {
+                results.push(item.and_then(|(info, fd)| {
+                    let sealed = verify_with(fd, Some(info.size), options)?;
+                    Ok(Asset::new(info, sealed))
+                }));
+            }
+        }
+        Ok(results)
+    }
+
+    /// Items per batch request, if the daemon takes batches.
+    fn batch_size(&self) -> Option<usize> {
+        self.session
+            .map(|session| session.max_fetch_many as usize)
+            .filter(|max| *max > 1)
     }
 
     /// One fetch round trip: the metadata and the descriptor, not yet

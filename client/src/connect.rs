@@ -7,9 +7,10 @@
 //! depends on neither.
 
 use crate::connection::{Connection, NoBody};
-use crate::error::Error;
+use crate::error::{Error, HandshakeError};
 use crate::protocol;
 use memseal_proto::paths::{client_socket, socket_dir_owner, SocketChoice};
+use memseal_proto::{ErrorCode, PROTOCOL_VERSION, PROTOCOL_VERSION_2};
 use std::os::fd::BorrowedFd;
 use std::os::unix::net::UnixStream;
 use std::path::PathBuf;
@@ -135,8 +136,20 @@ impl ConnectOptions {
         self
     }
 
-    /// Connect, check the daemon's user, and perform the handshake.
+    /// Connect, check the daemon's user, and perform the handshake, in
+    /// protocol version 2; a daemon that speaks only version 1 refuses it,
+    /// and is greeted again, on a new connection, in version 1.
     pub(crate) fn open(&self) -> Result<Opened, Error> {
+        match self.open_with(PROTOCOL_VERSION_2) {
+            Err(Error::Handshake(HandshakeError::Refused {
+                code: ErrorCode::UnsupportedVersion,
+                ..
+            })) => self.open_with(PROTOCOL_VERSION),
+            other => other,
+        }
+    }
+
+    fn open_with(&self, version: u32) -> Result<Opened, Error> {
         let socket = self.choose_socket()?;
         let path = socket.path();
         let stream = UnixStream::connect(path).map_err(|source| Error::Connect {
@@ -149,13 +162,12 @@ impl ConnectOptions {
         // only as trustworthy as whoever answers.
         self.check_peer(connection.socket(), &socket)?;
 
-        let (server, limits) =
-            connection.run(protocol::hello(self.greeting_name()), &mut NoBody)?;
+        let welcome =
+            connection.run(protocol::hello(self.greeting_name(), version), &mut NoBody)?;
         Ok(Opened {
             connection,
             socket,
-            server,
-            limits,
+            welcome,
         })
     }
 
@@ -201,8 +213,7 @@ impl ConnectOptions {
 pub(crate) struct Opened {
     pub(crate) connection: Connection,
     pub(crate) socket: SocketChoice,
-    pub(crate) server: String,
-    pub(crate) limits: memseal_proto::Limits,
+    pub(crate) welcome: protocol::Welcome,
 }
 
 /// The running program's file name, the default client name.

@@ -106,6 +106,10 @@ impl Error {
                 ErrorCode::ProtocolError | ErrorCode::UnsupportedVersion
             ),
             Error::Verify(_) => false,
+            // Refused before a byte went out: the stream is where it was.
+            Error::Protocol(
+                memseal_proto::FrameError::Oversized { .. } | memseal_proto::FrameError::Encode(_),
+            ) => false,
             _ => true,
         }
     }

@@ -18,8 +18,8 @@ use crate::error::{Error, HandshakeError};
 use memseal_proto::codec::{self, Decoded};
 use memseal_proto::wire::RawFrame;
 use memseal_proto::{
-    AssetInfo, Event, FrameError, Limits, PublishSource, Request, Response, Selector, ServerStatus,
-    PROTOCOL_VERSION,
+    AssetInfo, Event, FetchItem, FetchResult, FrameError, Limits, PublishSource, Request, Response,
+    Selector, ServerStatus, SessionLimits, PROTOCOL_VERSION, PROTOCOL_VERSION_2,
 };
 use std::os::fd::{BorrowedFd, OwnedFd};
 
@@ -193,23 +193,44 @@ fn round_trip<T>(request: Request, answer: Answer<T>) -> RoundTrip<T> {
     }
 }
 
-/// The greeting that opens every connection; its answer is the daemon's
-/// name and limits.
-pub(crate) fn hello(client: String) -> RoundTrip<(String, Limits)> {
-    let request = Request::Hello {
-        version: PROTOCOL_VERSION,
-        client,
-    };
+/// What the daemon said when it accepted the handshake.
+pub(crate) struct Welcome {
+    pub(crate) server: String,
+    pub(crate) limits: Limits,
+    /// None from a daemon that speaks only protocol version 1.
+    pub(crate) session: Option<SessionLimits>,
+}
+
+/// The greeting that opens every connection, asking for protocol
+/// `version` (1 or 2; see [`memseal_proto::PROTOCOL_VERSION_2`]).
+pub(crate) fn hello(client: String, version: u32) -> RoundTrip<Welcome> {
+    let request = Request::Hello { version, client };
     round_trip(request, |answer| match answer.map(|a| a.message) {
         Ok(Response::Welcome {
-            version,
+            version: PROTOCOL_VERSION,
             server,
             limits,
-        }) if version == PROTOCOL_VERSION => Ok((server, limits)),
-        Ok(Response::Welcome { version, .. }) => Err(Error::Handshake(HandshakeError::Version {
-            ours: PROTOCOL_VERSION,
-            theirs: version,
-        })),
+        }) => Ok(Welcome {
+            server,
+            limits,
+            session: None,
+        }),
+        Ok(Response::Greeting {
+            version: PROTOCOL_VERSION_2,
+            server,
+            limits,
+            session,
+        }) => Ok(Welcome {
+            server,
+            limits,
+            session: Some(session),
+        }),
+        Ok(Response::Welcome { version, .. } | Response::Greeting { version, .. }) => {
+            Err(Error::Handshake(HandshakeError::Version {
+                ours: PROTOCOL_VERSION_2,
+                theirs: version,
+            }))
+        }
         Ok(other) => Err(Error::Handshake(HandshakeError::Unexpected {
             got: other.kind(),
         })),
@@ -243,6 +264,50 @@ pub(crate) fn fetch(name: &str, selector: Selector) -> RoundTrip<(AssetInfo, Own
             other => Err(unexpected("asset", &other)),
         }
     })
+}
+
+/// A batch fetch: one result per item, each the metadata and the (not yet
+/// verified) descriptor, or why that item failed.
+pub(crate) fn fetch_many(
+    items: Vec<FetchItem>,
+) -> RoundTrip<Vec<Result<(AssetInfo, OwnedFd), Error>>> {
+    round_trip(Request::FetchMany { items }, |answer| {
+        let answer = answer?;
+        let Response::Assets { items } = answer.message else {
+            return Err(unexpected("assets", &answer.message));
+        };
+        // The codec checked that one descriptor came per item found.
+        let mut fds = answer.batch.into_iter();
+        items
+            .into_iter()
+            .map(|item| match item {
+                FetchResult::Asset(info) => {
+                    let fd = fds
+                        .next()
+                        .ok_or(Error::Protocol(FrameError::DescriptorCount {
+                            declared: 1,
+                            received: 0,
+                        }))?;
+                    Ok(Ok((info, fd)))
+                }
+                FetchResult::Error(reply) => Ok(Err(Error::Server {
+                    code: reply.code,
+                    message: reply.message,
+                })),
+            })
+            .collect()
+    })
+}
+
+/// The items of a batch request.
+pub(crate) fn fetch_items(items: &[(&str, Selector)]) -> Vec<FetchItem> {
+    items
+        .iter()
+        .map(|(name, selector)| FetchItem {
+            name: (*name).to_owned(),
+            selector: *selector,
+        })
+        .collect()
 }
 
 /// A stat: the metadata of one version.

@@ -21,15 +21,27 @@
 use crate::error::FrameError;
 use crate::message::{Request, Response};
 use crate::persisted::{JournalEntry, Snapshot, SnapshotV1, SNAPSHOT_FORMAT};
-use crate::{MAX_FDS_PER_FRAME, MAX_FRAME_LEN};
+use crate::{MAX_FDS_PER_FRAME, MAX_FRAME_LEN, MAX_REQUEST_FDS};
 use serde::{de::DeserializeOwned, Serialize};
 use std::os::fd::OwnedFd;
 
 /// Bytes of the length prefix.
 pub const HEADER_LEN: usize = 4;
 
+/// What bincode's count of claimed bytes may exceed the frame by. It
+/// counts in memory terms (a variant as 4 bytes, a length as 8, however
+/// few bytes their encodings take), so a valid frame claims a few dozen
+/// bytes more than it holds, and a limit of exactly the frame cap would
+/// refuse the largest valid frames (seen from 65,519 bytes on).
+const DECODE_SLACK: usize = 64;
+
+/// The decoder's limit for a frame: every frame that fits the cap
+/// decodes, and a length inside the payload can make it allocate at most
+/// the cap and the slack before the read fails.
+const DECODE_LIMIT: usize = MAX_FRAME_LEN as usize + DECODE_SLACK;
+
 fn config() -> impl bincode::config::Config {
-    bincode::config::standard().with_limit::<{ MAX_FRAME_LEN as usize }>()
+    bincode::config::standard().with_limit::<DECODE_LIMIT>()
 }
 
 /// Read the length prefix, refusing empty and oversized frames.
@@ -48,6 +60,11 @@ pub fn parse_header(header: [u8; HEADER_LEN]) -> Result<usize, FrameError> {
 }
 
 fn encode<T: Serialize>(fds: u8, message: &T) -> Result<Vec<u8>, FrameError> {
+    if fds > MAX_FDS_PER_FRAME {
+        return Err(FrameError::Encode(format!(
+            "a frame carries at most {MAX_FDS_PER_FRAME} descriptors, not {fds}"
+        )));
+    }
     let mut frame = Vec::with_capacity(64);
     frame.extend_from_slice(&[0; HEADER_LEN]);
     frame.push(fds);
@@ -153,9 +170,7 @@ fn describe(error: &bincode::error::DecodeError) -> String {
         E::UnexpectedEnd { additional } => {
             format!("ends too early: at least {additional} more byte(s) were needed")
         }
-        E::LimitExceeded => {
-            "declares a length larger than the whole frame may be (64 KiB)".to_owned()
-        }
+        E::LimitExceeded => "declares a length larger than any frame can hold (64 KiB)".to_owned(),
         E::InvalidIntegerType { .. } | E::OutsideUsizeRange(_) => {
             "holds a number that does not fit its field".to_owned()
         }
@@ -244,7 +259,11 @@ pub fn decode_journal(bytes: &[u8]) -> (Vec<JournalEntry>, usize) {
 #[derive(Debug)]
 pub struct Decoded<T> {
     pub message: T,
+    /// The descriptor of a message that carries one.
     pub fd: Option<OwnedFd>,
+    /// The descriptors of a [`Response::Assets`], in the order of its
+    /// items that found an asset.
+    pub batch: Vec<OwnedFd>,
 }
 
 /// Decode a request from a frame's payload (the bytes after the length
@@ -253,8 +272,8 @@ pub fn decode_request(payload: &[u8], fds: Vec<OwnedFd>) -> Result<Decoded<Reque
     decode(
         payload,
         fds,
-        Request::fd_count,
-        Request::kind,
+        MAX_REQUEST_FDS,
+        (Request::fd_count, Request::kind),
         ("request", &Request::KINDS),
     )
 }
@@ -264,22 +283,25 @@ pub fn decode_response(payload: &[u8], fds: Vec<OwnedFd>) -> Result<Decoded<Resp
     decode(
         payload,
         fds,
-        Response::fd_count,
-        Response::kind,
+        MAX_FDS_PER_FRAME,
+        (Response::fd_count, Response::kind),
         ("response", &Response::KINDS),
     )
 }
 
+/// How a message kind says how many descriptors it carries, and its name.
+type KindRules<T> = (fn(&T) -> u8, fn(&T) -> &'static str);
+
 fn decode<T: DeserializeOwned>(
     payload: &[u8],
     mut fds: Vec<OwnedFd>,
-    expected_fds: fn(&T) -> u8,
-    kind: fn(&T) -> &'static str,
+    max_fds: u8,
+    (expected_fds, kind): KindRules<T>,
     (what, kinds): (&str, &[&str]),
 ) -> Result<Decoded<T>, FrameError> {
     // On every error path `fds` is dropped, which closes each descriptor.
     let (&declared, body) = payload.split_first().ok_or(FrameError::Empty)?;
-    if declared > MAX_FDS_PER_FRAME || declared as usize != fds.len() {
+    if declared > max_fds || declared as usize != fds.len() {
         return Err(FrameError::DescriptorCount {
             declared,
             received: fds.len(),
@@ -318,10 +340,12 @@ fn decode<T: DeserializeOwned>(
             declared,
         });
     }
-    Ok(Decoded {
-        message,
-        fd: fds.pop(),
-    })
+    // Only a batch answer carries its descriptors as a list.
+    let (fd, batch) = match kind(&message) {
+        "assets" => (None, fds),
+        _ => (fds.pop(), Vec::new()),
+    };
+    Ok(Decoded { message, fd, batch })
 }
 
 #[cfg(test)]
@@ -553,11 +577,47 @@ mod tests {
     }
 
     #[test]
+    fn every_frame_up_to_the_cap_decodes() {
+        // From a little under the cap to exactly the cap, for the request
+        // with the most fixed fields around its name.
+        for len in 65_400..=65_530 {
+            let request = Request::List {
+                prefix: "a".repeat(len),
+                start_after: None,
+            };
+            let frame = encode_request(&request).unwrap();
+            assert!(frame.len() - HEADER_LEN <= MAX_FRAME_LEN as usize);
+            let decoded = decode_request(&frame[HEADER_LEN..], vec![]).unwrap();
+            assert_eq!(decoded.message, request);
+        }
+        for len in 65_400..=65_516 {
+            let request = Request::Publish {
+                name: "p".repeat(len),
+                size: u64::MAX,
+                source: PublishSource::Stream,
+            };
+            if let Ok(frame) = encode_request(&request) {
+                let decoded = decode_request(&frame[HEADER_LEN..], vec![]).unwrap();
+                assert_eq!(decoded.message, request);
+            }
+        }
+        let too_long = Request::List {
+            prefix: "a".repeat(65_531),
+            start_after: None,
+        };
+        assert!(matches!(
+            encode_request(&too_long),
+            Err(FrameError::Oversized { .. })
+        ));
+    }
+
+    #[test]
     fn decoding_failures_read_as_sentences() {
         let mut frame = vec![0u8];
-        frame.push(8); // no request kind 8
+        frame.push(Request::KINDS.len() as u8); // one past the last kind
         let err = decode_request(&frame, vec![]).unwrap_err().to_string();
-        assert!(err.contains("unknown request kind 8"), "{err}");
+        let unknown = format!("unknown request kind {}", Request::KINDS.len());
+        assert!(err.contains(&unknown), "{err}");
         assert!(err.contains("hello, publish"), "{err}");
         // A list request whose cursor option is marked 2.
         let mut frame = vec![0u8, 4, 0, 2];

@@ -56,14 +56,21 @@ pub mod wire;
 
 pub use error::FrameError;
 pub use message::{
-    AssetInfo, ErrorCode, ErrorReply, Event, Hash, Limits, PublishSource, Request, Response,
-    Selector, ServerStatus,
+    AssetInfo, ErrorCode, ErrorReply, Event, FetchItem, FetchResult, Hash, Limits, PublishSource,
+    Request, Response, Selector, ServerStatus, SessionLimits,
 };
 pub use persisted::{JournalEntry, Snapshot, SnapshotName, StoredVersion};
 
-/// The protocol version this crate speaks. A peer that speaks another one is
-/// refused during the handshake with [`ErrorCode::UnsupportedVersion`].
+/// Protocol version 1, which every daemon and client speaks. A peer that
+/// asks for a version the daemon does not know is refused during the
+/// handshake with [`ErrorCode::UnsupportedVersion`].
 pub const PROTOCOL_VERSION: u32 = 1;
+
+/// Protocol version 2: version 1, except that the daemon answers the
+/// hello with [`Response::Greeting`], which also announces the session's
+/// limits. A client that asks a version-1 daemon for it is refused
+/// (`UnsupportedVersion`) and may greet it again with version 1.
+pub const PROTOCOL_VERSION_2: u32 = 2;
 
 /// The largest control frame (length prefix excluded) either side accepts.
 ///
@@ -71,5 +78,10 @@ pub const PROTOCOL_VERSION: u32 = 1;
 /// any buffer is allocated for the payload.
 pub const MAX_FRAME_LEN: u32 = 64 * 1024;
 
-/// The most descriptors a single frame may declare.
-pub const MAX_FDS_PER_FRAME: u8 = 1;
+/// The most descriptors a single frame may declare: what the kernel lets
+/// one message carry (`SCM_MAX_FD`). Only [`Response::Assets`] carries
+/// more than one.
+pub const MAX_FDS_PER_FRAME: u8 = 253;
+
+/// The most descriptors a request may carry: a publish's one.
+pub const MAX_REQUEST_FDS: u8 = 1;

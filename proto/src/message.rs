@@ -49,13 +49,33 @@ pub enum Request {
     /// changes happened. The client sends nothing more; closing the
     /// connection ends the watch.
     Watch { prefix: String },
+    /// Ask for descriptors of several assets at once: at most the
+    /// daemon's [`SessionLimits::max_fetch_many`] items (sent only to a
+    /// daemon that announced it, in a [`Response::Greeting`]). The daemon
+    /// answers [`Response::Assets`], one result per item, in order.
+    FetchMany { items: Vec<FetchItem> },
+}
+
+/// One asset of a [`Request::FetchMany`].
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FetchItem {
+    pub name: String,
+    pub selector: Selector,
 }
 
 impl Request {
     /// [`Request::kind`] of each variant, in wire order: index `n` is the
     /// kind whose variant number is `n`.
-    pub const KINDS: [&'static str; 8] = [
-        "hello", "publish", "fetch", "stat", "list", "remove", "status", "watch",
+    pub const KINDS: [&'static str; 9] = [
+        "hello",
+        "publish",
+        "fetch",
+        "stat",
+        "list",
+        "remove",
+        "status",
+        "watch",
+        "fetch_many",
     ];
 
     /// How many descriptors must travel with this request.
@@ -80,6 +100,7 @@ impl Request {
             Request::Remove { .. } => "remove",
             Request::Status => "status",
             Request::Watch { .. } => "watch",
+            Request::FetchMany { .. } => "fetch_many",
         }
     }
 }
@@ -138,6 +159,38 @@ pub enum Response {
     Watching,
     /// Something changed under a watched prefix.
     Event(Event),
+    /// Handshake accepted, for a client that asked for protocol version 2:
+    /// the [`Response::Welcome`] of version 1 and the session's limits.
+    Greeting {
+        version: u32,
+        server: String,
+        limits: Limits,
+        session: SessionLimits,
+    },
+    /// Answer to a fetch of several assets: one result per item asked
+    /// for, in order. Carries one descriptor per [`FetchResult::Asset`], in
+    /// the same order: read-only memfds as for [`Response::Asset`].
+    Assets { items: Vec<FetchResult> },
+}
+
+/// One item of a [`Response::Assets`].
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum FetchResult {
+    /// Found; its descriptor rides with the frame.
+    Asset(AssetInfo),
+    /// This item failed (not found, an invalid name...); the others stand.
+    Error(ErrorReply),
+}
+
+/// What a connection may do at most, announced in [`Response::Greeting`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SessionLimits {
+    /// Descriptors this connection may leave unread in its socket before
+    /// the daemon holds further replies that carry descriptors back (and
+    /// drops the connection if they stay unread past the I/O deadline).
+    pub max_unread_descriptors: u32,
+    /// Items one [`Request::FetchMany`] may name.
+    pub max_fetch_many: u32,
 }
 
 /// A change in the catalog, as watchers see it.
@@ -161,7 +214,7 @@ impl Event {
 
 impl Response {
     /// [`Response::kind`] of each variant, in wire order.
-    pub const KINDS: [&'static str; 11] = [
+    pub const KINDS: [&'static str; 13] = [
         "welcome",
         "continue",
         "published",
@@ -173,12 +226,23 @@ impl Response {
         "error",
         "watching",
         "event",
+        "greeting",
+        "assets",
     ];
 
     /// How many descriptors must travel with this response.
     pub fn fd_count(&self) -> u8 {
         match self {
             Response::Asset(_) => 1,
+            Response::Assets { items } => {
+                let found = items
+                    .iter()
+                    .filter(|item| matches!(item, FetchResult::Asset(_)))
+                    .count();
+                // More than a frame may carry is refused when encoding;
+                // saturating keeps that refusal, rather than wrapping.
+                u8::try_from(found).unwrap_or(u8::MAX)
+            }
             _ => 0,
         }
     }
@@ -197,6 +261,8 @@ impl Response {
             Response::Error(_) => "error",
             Response::Watching => "watching",
             Response::Event(_) => "event",
+            Response::Greeting { .. } => "greeting",
+            Response::Assets { .. } => "assets",
         }
     }
 

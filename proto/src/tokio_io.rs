@@ -94,13 +94,13 @@ pub async fn read_raw(
     }
 }
 
-/// Send one encoded frame, `fd` on its first byte.
+/// Send one encoded frame, `fds` on its first byte.
 pub async fn write_frame(
     stream: &UnixStream,
     frame: Vec<u8>,
-    fd: Option<BorrowedFd<'_>>,
+    fds: &[BorrowedFd<'_>],
 ) -> io::Result<()> {
-    let mut writer = FrameWriter::new(frame, fd);
+    let mut writer = FrameWriter::with_fds(frame, fds.to_vec());
     while !writer.is_done() {
         stream.writable().await?;
         // The first step sends the descriptor through sendfd, which runs

@@ -97,9 +97,12 @@ static ALLOCATOR: allocations::Tracking = allocations::Tracking;
 /// The cap as a `usize`, for comparisons with lengths.
 const CAP: usize = MAX_FRAME_LEN as usize;
 
-/// The most the reader may allocate at once: one whole frame, its 4-byte
-/// length prefix included (it buffers a frame in one piece).
-const ALLOCATION_CAP: usize = CAP + 4;
+/// The most the reader and decoder may allocate at once: one whole frame,
+/// its 4-byte length prefix included (the reader buffers a frame in one
+/// piece), and the decoder's slack above the frame (bincode counts fixed
+/// fields at their size in memory, so a valid frame near the cap claims a
+/// few dozen bytes more than it holds: PROTOCOL.md, section 3).
+const ALLOCATION_CAP: usize = CAP + 64;
 
 /// One `sendmsg`: some bytes, and how many descriptors ride on them.
 #[derive(Debug, Clone)]
@@ -572,7 +575,7 @@ proptest! {
             let _ = decode_request(&payload, Vec::new());
             let _ = decode_response(&payload, Vec::new());
         });
-        prop_assert!(largest <= CAP, "decoding allocated {} bytes at once", largest);
+        prop_assert!(largest <= ALLOCATION_CAP, "decoding allocated {} bytes at once", largest);
     }
 }
 

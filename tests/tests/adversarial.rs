@@ -316,15 +316,18 @@ fn malformed_frames_are_refused_and_the_daemon_recovers() {
     peer.send(&hello());
     expect_refusal(&mut peer, ErrorCode::ProtocolError, "hello twice");
 
-    // The wrong protocol version.
+    // A protocol version the daemon does not speak (it speaks 1 and 2).
     let mut peer = RawPeer::connect(socket);
     peer.send(&Request::Hello {
-        version: PROTOCOL_VERSION + 1,
+        version: memseal_proto::PROTOCOL_VERSION_2 + 1,
         client: "from the future".into(),
     });
     let message = expect_refusal(&mut peer, ErrorCode::UnsupportedVersion, "wrong version");
     assert!(
-        message.contains(&format!("version {PROTOCOL_VERSION}")),
+        message.contains(&format!(
+            "versions {PROTOCOL_VERSION} and {}",
+            memseal_proto::PROTOCOL_VERSION_2
+        )),
         "{message}"
     );
 

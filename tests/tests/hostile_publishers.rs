@@ -714,7 +714,7 @@ fn protocol_errors_and_aborted_uploads_read_as_sentences() {
     let daemon = Daemon::start();
     // A request kind that does not exist.
     let mut peer = RawPeer::handshake(daemon.socket());
-    let mut frame = vec![2, 0, 0, 0, 0, 8];
+    let mut frame = vec![2, 0, 0, 0, 0, 200];
     frame[..4].copy_from_slice(&2u32.to_le_bytes());
     peer.stream.write_all(&frame).unwrap();
     let Response::Error(reply) = peer.recv() else {
@@ -723,7 +723,7 @@ fn protocol_errors_and_aborted_uploads_read_as_sentences() {
     eprintln!("[unknown kind] {}", reply.message);
     assert_eq!(reply.code, ErrorCode::ProtocolError);
     assert!(
-        reply.message.contains("unknown request kind 8"),
+        reply.message.contains("unknown request kind 200"),
         "{}",
         reply.message
     );

@@ -335,6 +335,12 @@ fn serve(
                 Response::error(ErrorCode::Internal, "the fake daemon cannot watch"),
                 None,
             ),
+            // It greets in protocol version 1 only, so clients never batch
+            // with it; the real daemon's batches are tested in tests/.
+            Request::FetchMany { .. } => (
+                Response::error(ErrorCode::Internal, "the fake daemon cannot batch"),
+                None,
+            ),
         };
         send(&stream, &response, fd.as_ref().map(|fd| fd.as_fd()));
     }

@@ -34,7 +34,10 @@ use memseal_proto::codec::{decode_request, encode_response};
 use memseal_proto::name::{validate_name, validate_prefix};
 use memseal_proto::tokio_io;
 use memseal_proto::wire::{FrameBuffer, RawFrame};
-use memseal_proto::{ErrorCode, FrameError, Limits, Request, Response, Selector, PROTOCOL_VERSION};
+use memseal_proto::{
+    ErrorCode, FrameError, Limits, Request, Response, SessionLimits, PROTOCOL_VERSION,
+    PROTOCOL_VERSION_2,
+};
 use std::io;
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::sync::Arc;
@@ -44,6 +47,7 @@ use tokio::sync::watch;
 use tokio::time::{timeout, Instant};
 use tracing::{debug, info, warn};
 
+mod fetch;
 mod publish;
 mod unread;
 mod watching;
@@ -96,6 +100,8 @@ pub struct Connection {
     /// must be measured again: even if none of them is read, the bound
     /// holds. Saves a system call on nearly every fetch.
     unchecked_sends: std::sync::atomic::AtomicUsize,
+    /// A batch answer went out since the queue was last seen empty.
+    batch_unread: std::sync::atomic::AtomicBool,
     /// Turns true when the daemon stops.
     shutdown: watch::Receiver<bool>,
     /// The read-only descriptions this connection's fetches hand out.
@@ -114,12 +120,13 @@ impl Connection {
     ) -> Self {
         Connection {
             stream,
-            buffer: FrameBuffer::new(),
+            buffer: FrameBuffer::with_descriptor_limit(memseal_proto::MAX_REQUEST_FDS),
             peer,
             state,
             config,
             unread_limit,
             unchecked_sends: std::sync::atomic::AtomicUsize::new(0),
+            batch_unread: std::sync::atomic::AtomicBool::new(false),
             shutdown,
             descriptions: Descriptions::default(),
         }
@@ -218,9 +225,10 @@ impl Connection {
             },
             Err(e) => return Err(self.protocol_error(e).await),
         };
-        if version != PROTOCOL_VERSION {
+        if version != PROTOCOL_VERSION && version != PROTOCOL_VERSION_2 {
             let message = format!(
-                "this daemon speaks memseal protocol version {PROTOCOL_VERSION} only; the client asked for version {version}"
+                "this daemon speaks memseal protocol versions {PROTOCOL_VERSION} and \
+                 {PROTOCOL_VERSION_2}; the client asked for version {version}"
             );
             self.reply(
                 Response::error(ErrorCode::UnsupportedVersion, message.clone()),
@@ -229,27 +237,40 @@ impl Connection {
             .await?;
             return Err(End::Peer(FrameError::Protocol(message)));
         }
-        debug!(peer = %self.peer, client = %client.escape_debug(), "handshake");
+        debug!(peer = %self.peer, client = %client.escape_debug(), version, "handshake");
         let budget = self.state.budget();
-        let welcome = Response::Welcome {
-            version: PROTOCOL_VERSION,
-            server: crate::state::server_name(),
-            limits: Limits {
-                max_frame_len: memseal_proto::MAX_FRAME_LEN,
-                max_asset_size: budget.max_asset_size,
-                max_total_bytes: budget.max_total_bytes,
-                max_name_len: memseal_proto::name::MAX_NAME_LEN as u32,
-                keep_versions: budget.keep_versions as u32,
+        let limits = Limits {
+            max_frame_len: memseal_proto::MAX_FRAME_LEN,
+            max_asset_size: budget.max_asset_size,
+            max_total_bytes: budget.max_total_bytes,
+            max_name_len: memseal_proto::name::MAX_NAME_LEN as u32,
+            keep_versions: budget.keep_versions as u32,
+        };
+        let server = crate::state::server_name();
+        let answer = match version {
+            PROTOCOL_VERSION => Response::Welcome {
+                version,
+                server,
+                limits,
+            },
+            _ => Response::Greeting {
+                version,
+                server,
+                limits,
+                session: SessionLimits {
+                    max_unread_descriptors: self.unread_limit.replies as u32,
+                    max_fetch_many: self.max_fetch_many() as u32,
+                },
             },
         };
-        self.reply(welcome, None).await
+        self.reply(answer, None).await
     }
 
     /// Tell the peer why it is being dropped (best effort) and end.
     async fn protocol_error(&mut self, error: FrameError) -> End {
         // The stream is broken: close whatever descriptor rode on the
         // half-read frame now, not when the connection finally goes.
-        self.buffer = FrameBuffer::new();
+        self.buffer = FrameBuffer::with_descriptor_limit(memseal_proto::MAX_REQUEST_FDS);
         if !matches!(
             error,
             FrameError::Closed | FrameError::Truncated { .. } | FrameError::Io(_)
@@ -305,26 +326,23 @@ impl Connection {
     }
 
     /// Send one response, its descriptor (if any) on the first byte.
+    async fn reply(&self, response: Response, fd: Option<BorrowedFd<'_>>) -> Result<(), End> {
+        self.reply_with(response, fd.into_iter().collect()).await
+    }
+
+    /// Send one response with `fds` on its first byte, once the peer's
+    /// unread replies leave room for them ([`Connection::make_room_for`]).
     ///
-    /// If the kernel refuses the descriptor because the daemon has too
+    /// If the kernel refuses the descriptors because the daemon has too
     /// many in flight (`ETOOMANYREFS`; nothing was sent), the client gets a
     /// `Busy` error instead and the connection stays usable.
-    async fn reply(&self, response: Response, fd: Option<BorrowedFd<'_>>) -> Result<(), End> {
+    async fn reply_with(&self, response: Response, fds: Vec<BorrowedFd<'_>>) -> Result<(), End> {
         let frame = encode_response(&response)?;
-        if fd.is_none() {
-            return self.send(frame, None).await;
+        if fds.is_empty() {
+            return self.send(frame, &[]).await;
         }
-        let unchecked = self
-            .unchecked_sends
-            .load(std::sync::atomic::Ordering::Relaxed);
-        let unchecked = if unchecked == 0 {
-            self.wait_for_reader().await?
-        } else {
-            unchecked
-        };
-        self.unchecked_sends
-            .store(unchecked - 1, std::sync::atomic::Ordering::Relaxed);
-        match self.send(frame, fd).await {
+        self.make_room_for(fds.len()).await?;
+        match self.send(frame, &fds).await {
             Err(End::Peer(FrameError::Io(e))) if e.raw_os_error() == Some(libc::ETOOMANYREFS) => {
                 warn!(
                     peer = %self.peer,
@@ -337,16 +355,16 @@ impl Connection {
                      descriptors sit unread in sockets (the kernel's per-user limit); \
                      retry shortly",
                 );
-                self.send(encode_response(&busy)?, None).await
+                self.send(encode_response(&busy)?, &[]).await
             }
             other => other,
         }
     }
 
     /// Write one encoded frame within the I/O timeout.
-    async fn send(&self, frame: Vec<u8>, fd: Option<BorrowedFd<'_>>) -> Result<(), End> {
+    async fn send(&self, frame: Vec<u8>, fds: &[BorrowedFd<'_>]) -> Result<(), End> {
         let deadline = Instant::now() + self.config.io_timeout;
-        tokio::time::timeout_at(deadline, tokio_io::write_frame(&self.stream, frame, fd))
+        tokio::time::timeout_at(deadline, tokio_io::write_frame(&self.stream, frame, fds))
             .await
             .map_err(|_| End::Timeout("client does not read its replies"))??;
         Ok(())
@@ -416,6 +434,7 @@ impl Connection {
                     .await
             }
             Request::Watch { prefix } => self.watch(prefix).await,
+            Request::FetchMany { items } => self.fetch_many(items).await,
         }
     }
 
@@ -432,25 +451,11 @@ impl Connection {
                 Response::error(ErrorCode::PermissionDenied, why)
             })
     }
-
-    async fn fetch(&mut self, name: &str, selector: Selector) -> Result<(), End> {
-        match self.state.fetch(name, selector) {
-            Ok((info, blob)) => {
-                // `blob` keeps the memfd open until the reply is sent, even if
-                // the version is removed meanwhile; the reader gets a
-                // description of its own uid's.
-                let own = self.descriptions.of(&blob);
-                let fd = own.as_deref().map_or(blob.fd(), |fd| fd.as_fd());
-                self.reply(Response::Asset(info), Some(fd)).await
-            }
-            Err(e) => self.reply_error(e).await,
-        }
-    }
 }
 
 /// The name rules, as a reply: a name that breaks them can never exist,
 /// so the client is told why rather than "not found".
-fn invalid_name(name: &str) -> Result<(), Response> {
+pub(super) fn invalid_name(name: &str) -> Result<(), Response> {
     validate_name(name)
         .map_err(|e| Response::error(ErrorCode::InvalidName, format!("invalid name: {e}")))
 }

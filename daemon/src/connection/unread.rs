@@ -54,13 +54,57 @@ pub fn unread_limit(max_connections: usize, descriptor_limit: u64) -> UnreadLimi
 }
 
 impl Connection {
+    /// Wait until a reply carrying `descriptors` descriptors may go out.
+    ///
+    /// A single descriptor goes once the peer has fewer than the bound
+    /// unread (measured now and then, see `unchecked_sends`). A batch of
+    /// several goes only once the peer's queue is empty, and the next
+    /// descriptor reply after it waits for that again: the queue's size
+    /// in bytes cannot tell how many descriptors one queued frame holds,
+    /// but an empty queue holds none. Batches are never larger than the
+    /// bound, so the bound holds either way.
+    pub(super) async fn make_room_for(&self, descriptors: usize) -> Result<(), End> {
+        use std::sync::atomic::Ordering::Relaxed;
+        if descriptors > 1 || self.batch_unread.load(Relaxed) {
+            self.wait_for_empty_queue().await?;
+            self.batch_unread.store(descriptors > 1, Relaxed);
+            self.unchecked_sends.store(0, Relaxed);
+            return Ok(());
+        }
+        let unchecked = match self.unchecked_sends.load(Relaxed) {
+            0 => self.wait_for_reader().await?,
+            unchecked => unchecked,
+        };
+        self.unchecked_sends.store(unchecked - 1, Relaxed);
+        Ok(())
+    }
+
+    /// Wait until the peer has read every reply sent to it.
+    async fn wait_for_empty_queue(&self) -> Result<(), End> {
+        let deadline = Instant::now() + self.config.io_timeout;
+        let mut pause = Duration::from_millis(1);
+        loop {
+            if sys::unread_bytes(self.stream.as_fd())? == 0 {
+                return Ok(());
+            }
+            let now = Instant::now();
+            if now >= deadline {
+                return Err(End::Timeout(
+                    "client left too many replies with descriptors unread",
+                ));
+            }
+            tokio::time::sleep(pause.min(deadline - now)).await;
+            pause = (pause * 2).min(Duration::from_millis(100));
+        }
+    }
+
     /// Hold a descriptor reply back while the peer sits on unread replies.
     /// The kernel does not signal when a peer reads, so this polls, more
     /// and more slowly: a client that reads soon is served at once, one
     /// that never reads costs a few dozen wake-ups before it is dropped.
     /// Returns how many descriptor replies may go out before the next
     /// check (at least one): the bound minus those still unread.
-    pub(super) async fn wait_for_reader(&self) -> Result<usize, End> {
+    async fn wait_for_reader(&self) -> Result<usize, End> {
         let deadline = Instant::now() + self.config.io_timeout;
         let mut pause = Duration::from_millis(1);
         loop {

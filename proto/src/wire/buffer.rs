@@ -29,7 +29,7 @@ const MIN_BUFFER: usize = 1024;
 /// error (they rode on a byte in the middle of a frame), and so is a second
 /// batch for the same frame. After any error every descriptor not handed
 /// out is closed at once; the stream is unusable.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct FrameBuffer {
     /// Received bytes not yet handed out: `buf[start..end]`.
     buf: Vec<u8>,
@@ -41,14 +41,46 @@ pub struct FrameBuffer {
     pending: Vec<(u64, Vec<OwnedFd>)>,
     /// The room the last `spare` offered.
     offered: usize,
+    /// The most descriptors one frame may bring; more are refused (and
+    /// closed) as they arrive.
+    max_fds: u8,
     /// The last receive returned less than it had room for, and no
     /// descriptor: the socket held nothing more at that moment.
     drained: bool,
 }
 
+impl Default for FrameBuffer {
+    fn default() -> Self {
+        Self::with_descriptor_limit(crate::MAX_FDS_PER_FRAME)
+    }
+}
+
 impl FrameBuffer {
+    /// A buffer for frames of either side: up to
+    /// [`crate::MAX_FDS_PER_FRAME`] descriptors each.
     pub fn new() -> Self {
         Self::default()
+    }
+
+    /// A buffer whose frames may carry at most `max_fds` descriptors: the
+    /// daemon reads requests, which carry at most
+    /// [`crate::MAX_REQUEST_FDS`].
+    pub fn with_descriptor_limit(max_fds: u8) -> Self {
+        FrameBuffer {
+            buf: Vec::new(),
+            start: 0,
+            end: 0,
+            offset: 0,
+            pending: Vec::new(),
+            offered: 0,
+            max_fds,
+            drained: false,
+        }
+    }
+
+    /// The most descriptors one frame may bring.
+    pub fn max_fds(&self) -> u8 {
+        self.max_fds
     }
 
     /// True once any byte of a frame not yet returned has arrived.
@@ -108,6 +140,9 @@ impl FrameBuffer {
             Err(e) => return Err(self.fail(e)),
         };
         if self.buf.len() < wanted {
+            // Exactly: the usual doubling could allocate up to twice the
+            // largest frame.
+            self.buf.reserve_exact(wanted - self.buf.len());
             self.buf.resize(wanted, 0);
         }
         self.offered = self.buf.len() - self.end;
@@ -129,9 +164,9 @@ impl FrameBuffer {
         if fds.is_empty() {
             return Ok(());
         }
-        if fds.len() > crate::MAX_FDS_PER_FRAME as usize {
+        if fds.len() > self.max_fds as usize {
             return Err(self.fail(FrameError::DescriptorCount {
-                declared: crate::MAX_FDS_PER_FRAME,
+                declared: self.max_fds,
                 received: fds.len(),
             }));
         }

@@ -15,7 +15,16 @@ use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
 /// [`crate::MAX_FDS_PER_FRAME`] is an error, but the extra room lets the
 /// receiver see and close a few surplus descriptors instead of relying on
 /// `MSG_CTRUNC` alone.
-const FD_ROOM: usize = 8;
+/// Descriptors one receive has room for, above the frame's limit: seeing
+/// a few surplus ones lets the receiver close them and name the error
+/// precisely rather than rely on `MSG_CTRUNC` alone.
+const SURPLUS_ROOM: usize = 7;
+
+/// Room for a receiver of requests (one descriptor at most).
+const REQUEST_ROOM: usize = crate::MAX_REQUEST_FDS as usize + SURPLUS_ROOM;
+
+/// Room for a receiver of any frame: what one message may carry.
+const FRAME_ROOM: usize = crate::MAX_FDS_PER_FRAME as usize + 3;
 
 /// What one `recvmsg` delivered.
 struct Received {
@@ -26,9 +35,12 @@ struct Received {
 /// One `recvmsg` into `buf`, collecting descriptors. Errors (after closing
 /// everything that arrived) on a truncated control message or a non-
 /// `SCM_RIGHTS` control message.
-fn recv_with_fds(socket: BorrowedFd<'_>, buf: &mut [u8]) -> Result<Received, FrameError> {
-    let mut space = [MaybeUninit::<u8>::uninit(); rustix::cmsg_space!(ScmRights(FD_ROOM))];
-    let mut control = RecvAncillaryBuffer::new(&mut space);
+fn recv_with_fds(
+    socket: BorrowedFd<'_>,
+    buf: &mut [u8],
+    space: &mut [MaybeUninit<u8>],
+) -> Result<Received, FrameError> {
+    let mut control = RecvAncillaryBuffer::new(space);
     let msg = loop {
         match recvmsg(
             socket,
@@ -65,18 +77,33 @@ fn recv_with_fds(socket: BorrowedFd<'_>, buf: &mut [u8]) -> Result<Received, Fra
 /// returns `FrameError::Io(WouldBlock)`, changing nothing; after any other
 /// error the buffer's descriptors are closed.
 pub fn receive(socket: BorrowedFd<'_>, buffer: &mut FrameBuffer) -> Result<(), FrameError> {
+    let mut small = [MaybeUninit::<u8>::uninit(); rustix::cmsg_space!(ScmRights(REQUEST_ROOM))];
+    let mut large = [MaybeUninit::<u8>::uninit(); rustix::cmsg_space!(ScmRights(FRAME_ROOM))];
+    let space: &mut [MaybeUninit<u8>] = match buffer.max_fds() <= crate::MAX_REQUEST_FDS {
+        true => &mut small,
+        false => &mut large,
+    };
     let room = buffer.spare()?;
-    match recv_with_fds(socket, room) {
+    match recv_with_fds(socket, room, space) {
         Ok(received) => buffer.received(received.bytes, received.fds),
         Err(e) => Err(buffer.fail(e)),
     }
 }
 
 /// A [`FrameBuffer`] read from a blocking socket (or, step by step, from a
-/// non-blocking one).
-#[derive(Debug, Default)]
+/// non-blocking one), for frames that carry at most one descriptor (every
+/// request, every response but a batch).
+#[derive(Debug)]
 pub struct FrameReader {
     buffer: FrameBuffer,
+}
+
+impl Default for FrameReader {
+    fn default() -> Self {
+        FrameReader {
+            buffer: FrameBuffer::with_descriptor_limit(crate::MAX_REQUEST_FDS),
+        }
+    }
 }
 
 impl FrameReader {
@@ -119,26 +146,36 @@ impl FrameReader {
 /// Returns how many bytes one `recvmsg` delivered; zero means the peer
 /// closed. A descriptor riding on these bytes is an error and is closed.
 pub fn recv_raw(socket: BorrowedFd<'_>, buf: &mut [u8]) -> Result<usize, FrameError> {
-    let received = recv_with_fds(socket, buf)?;
+    let mut space = [MaybeUninit::<u8>::uninit(); rustix::cmsg_space!(ScmRights(REQUEST_ROOM))];
+    let received = recv_with_fds(socket, buf, &mut space)?;
     if !received.fds.is_empty() {
         return Err(FrameError::MisplacedDescriptor);
     }
     Ok(received.bytes)
 }
 
-/// Sends one encoded frame, its descriptor on the first byte.
+/// Sends one encoded frame, its descriptors on the first byte.
 #[derive(Debug)]
 pub struct FrameWriter<'a> {
     frame: Vec<u8>,
     sent: usize,
-    fd: Option<BorrowedFd<'a>>,
+    fds: Vec<BorrowedFd<'a>>,
 }
 
 impl<'a> FrameWriter<'a> {
     /// `frame` is the output of [`crate::codec::encode_request`] or
     /// [`crate::codec::encode_response`].
     pub fn new(frame: Vec<u8>, fd: Option<BorrowedFd<'a>>) -> Self {
-        Self { frame, sent: 0, fd }
+        Self::with_fds(frame, fd.into_iter().collect())
+    }
+
+    /// A frame that carries several descriptors (a batch answer).
+    pub fn with_fds(frame: Vec<u8>, fds: Vec<BorrowedFd<'a>>) -> Self {
+        Self {
+            frame,
+            sent: 0,
+            fds,
+        }
     }
 
     /// True once every byte is sent.
@@ -147,14 +184,16 @@ impl<'a> FrameWriter<'a> {
     }
 
     /// Make progress with one system call. The first call that sends
-    /// anything sends the descriptor with it (sendfd's `sendmsg`); the rest
-    /// goes out with `send(MSG_NOSIGNAL)`. On a non-blocking socket without
-    /// room this returns `WouldBlock` and may be called again.
+    /// anything sends the descriptors with it (sendfd's `sendmsg`); the
+    /// rest goes out with `send(MSG_NOSIGNAL)`. On a non-blocking socket
+    /// without room this returns `WouldBlock` and may be called again.
     pub fn write_step<S: SendWithFd + AsFd>(&mut self, socket: &S) -> io::Result<()> {
         let rest = &self.frame[self.sent..];
-        let written = match self.fd {
-            Some(fd) if self.sent == 0 => socket.send_with_fd(rest, &[fd.as_raw_fd()]),
-            _ => send(socket, rest, SendFlags::NOSIGNAL).map_err(io::Error::from),
+        let written = if self.sent == 0 && !self.fds.is_empty() {
+            let raw: Vec<_> = self.fds.iter().map(|fd| fd.as_raw_fd()).collect();
+            socket.send_with_fd(rest, &raw)
+        } else {
+            send(socket, rest, SendFlags::NOSIGNAL).map_err(io::Error::from)
         };
         match written {
             Ok(0) => Err(io::ErrorKind::WriteZero.into()),

@@ -93,6 +93,26 @@ fn a_flood_of_descriptors_is_refused_and_closed() {
     assert_eq!(open_count("memseal-test-flood"), 0);
 }
 
+/// A reader of responses takes a batch's many descriptors with one frame,
+/// and refuses more than one message may carry for it.
+#[test]
+fn a_batch_frame_brings_its_descriptors() {
+    let (a, b) = pair();
+    let file = marker("memseal-test-batch");
+    let frame = encode_response(&Response::Continue).unwrap();
+    let mut declared = frame.clone();
+    declared[4] = 100;
+    a.send_with_fd(&declared, &vec![file.as_raw_fd(); 100])
+        .unwrap();
+    drop(file);
+    let mut buffer = FrameBuffer::new();
+    receive(b.as_fd(), &mut buffer).unwrap();
+    let got = buffer.next_frame().unwrap().expect("the frame");
+    assert_eq!(got.fds.len(), 100);
+    drop(got);
+    assert_eq!(open_count("memseal-test-batch"), 0);
+}
+
 #[test]
 fn pipelined_frames_come_out_one_by_one_with_their_descriptors() {
     let (a, b) = pair();

@@ -104,6 +104,12 @@
 #define MEMSEAL_E_INVALID_SOURCE (-1 - 9)
 
 /**
+ * The asset is not held, and the resolver of its prefix did not supply it
+ * in time; retry later (protocol code 10).
+ */
+#define MEMSEAL_E_UNAVAILABLE (-1 - 10)
+
+/**
  * The socket could not be reached: no daemon listens there, or this user
  * may not open it.
  */

@@ -36,6 +36,9 @@ pub const MEMSEAL_E_UNSUPPORTED_VERSION: c_int = -1 - 8;
 /// A descriptor to publish is not a readable regular file or sealed memfd
 /// of the declared size (protocol code 9).
 pub const MEMSEAL_E_INVALID_SOURCE: c_int = -1 - 9;
+/// The asset is not held, and the resolver of its prefix did not supply it
+/// in time; retry later (protocol code 10).
+pub const MEMSEAL_E_UNAVAILABLE: c_int = -1 - 10;
 
 /// The socket could not be reached: no daemon listens there, or this user
 /// may not open it.
@@ -136,6 +139,7 @@ fn wire(code: ErrorCode) -> c_int {
         ErrorCode::Internal => MEMSEAL_E_INTERNAL,
         ErrorCode::UnsupportedVersion => MEMSEAL_E_UNSUPPORTED_VERSION,
         ErrorCode::InvalidSource => MEMSEAL_E_INVALID_SOURCE,
+        ErrorCode::Unavailable => MEMSEAL_E_UNAVAILABLE,
     }
 }
 
@@ -154,6 +158,7 @@ pub(crate) fn describe(code: c_int) -> &'static CStr {
         MEMSEAL_E_INTERNAL => c"internal error",
         MEMSEAL_E_UNSUPPORTED_VERSION => c"unsupported protocol version",
         MEMSEAL_E_INVALID_SOURCE => c"invalid source",
+        MEMSEAL_E_UNAVAILABLE => c"unavailable",
         MEMSEAL_E_CONNECT => c"cannot connect to memseald",
         MEMSEAL_E_UNTRUSTED_PEER => c"memseald runs as an untrusted user",
         MEMSEAL_E_VERIFY => c"seal verification failed",

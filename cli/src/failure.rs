@@ -27,7 +27,9 @@ Exit status:
   4  no such asset, version or hash
   5  permission denied by the daemon's access policy
   6  input refused: invalid name, too large, over budget, invalid source
-  7  protocol or verification failure: the daemon misbehaved";
+  7  protocol or verification failure: the daemon misbehaved
+  8  unavailable: not held here, and the resolver of its prefix did not
+     supply it in time (pull-through); retry later";
 
 /// The exit statuses, by meaning.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -49,6 +51,8 @@ pub enum Status {
     Refused = 6,
     /// The daemon broke the protocol or sent something unsafe.
     Misbehaved = 7,
+    /// Not held, and not supplied in time by the resolver of its prefix.
+    Unavailable = 8,
     /// `exec` could not run the command (as shells report it).
     CannotExec = 126,
     /// `exec` did not find the command (as shells report it).
@@ -135,5 +139,6 @@ fn for_code(code: ErrorCode) -> Status {
         | ErrorCode::InvalidSource => Status::Refused,
         ErrorCode::ProtocolError | ErrorCode::UnsupportedVersion => Status::Misbehaved,
         ErrorCode::Busy | ErrorCode::Internal => Status::Other,
+        ErrorCode::Unavailable => Status::Unavailable,
     }
 }

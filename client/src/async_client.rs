@@ -312,6 +312,18 @@ impl AsyncClient {
             .await
     }
 
+    /// Turn this connection into the resolver of `prefixes`; see
+    /// [`Client::into_resolver`](crate::Client::into_resolver).
+    pub async fn into_resolver(mut self, prefixes: &[&str]) -> Result<AsyncResolver, Error> {
+        self.socket
+            .run(protocol::resolve(prefixes), NoBody::None)
+            .await?;
+        Ok(AsyncResolver {
+            socket: self.socket,
+            prefixes: prefixes.iter().map(|p| (*p).to_owned()).collect(),
+        })
+    }
+
     /// Turn this connection into a watch of the names under `prefix`.
     pub async fn into_watcher(mut self, prefix: &str) -> Result<AsyncWatcher, Error> {
         self.socket
@@ -380,6 +392,58 @@ impl fmt::Debug for AsyncWatcher {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("AsyncWatcher")
             .field("prefix", &self.prefix)
+            .field("closed", &self.socket.session.is_lost())
+            .finish()
+    }
+}
+
+/// A resolving connection, for async code. See
+/// [`Resolver`](crate::Resolver).
+pub struct AsyncResolver {
+    socket: AsyncSocket,
+    prefixes: Vec<String>,
+}
+
+impl AsyncResolver {
+    /// The prefixes this connection resolves.
+    pub fn prefixes(&self) -> &[String] {
+        &self.prefixes
+    }
+
+    /// The next name a client waits for. Cancel-safe, like
+    /// [`AsyncWatcher::next_event`]; an error ends the registration.
+    pub async fn next_wanted(&mut self) -> Result<crate::Wanted, Error> {
+        if self.socket.session.is_lost() {
+            return Err(Error::ConnectionLost);
+        }
+        let result = match self.socket.receive().await {
+            Ok(answer) => protocol::wanted(answer.message)
+                .map(|(name, selector)| crate::Wanted { name, selector }),
+            Err(e) => Err(e),
+        };
+        if result.is_err() {
+            self.socket.abandon();
+        }
+        result
+    }
+
+    /// Tell the daemon that `wanted` cannot be supplied; see
+    /// [`Resolver::unresolved`](crate::Resolver::unresolved).
+    pub async fn unresolved(
+        &mut self,
+        wanted: &crate::Wanted,
+        code: ErrorCode,
+        message: &str,
+    ) -> Result<(), Error> {
+        let tell = protocol::unresolved(&wanted.name, wanted.selector, code, message);
+        self.socket.run(tell, NoBody::None).await
+    }
+}
+
+impl fmt::Debug for AsyncResolver {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("AsyncResolver")
+            .field("prefixes", &self.prefixes)
             .field("closed", &self.socket.session.is_lost())
             .finish()
     }

@@ -64,6 +64,11 @@ impl ConnectOptions {
 }
 
 impl Client {
+    /// Give the client up for its connection (a resolver's).
+    pub(crate) fn into_connection(self) -> Connection {
+        self.connection
+    }
+
     /// True once an error made this client give up its connection.
     pub(crate) fn is_lost(&self) -> bool {
         self.connection.is_lost()

@@ -45,6 +45,8 @@
 //!   private mapping, unmapped on drop.
 //! - [`Asset`]: a fetched asset, its metadata and its mapped bytes;
 //!   [`PrivateCopy`]: the same mapped copy-on-write, writable in place.
+//! - [`Resolver`]: pull-through: a connection that supplies names the
+//!   daemon does not hold, under its prefixes, when clients ask for them.
 //! - [`Watcher`]: a subscription to the changes under a prefix, on a
 //!   connection of its own; [`CachedClient`]: fetches answered without a
 //!   round trip while the watch says nothing changed.
@@ -87,19 +89,21 @@ mod options;
 mod peer;
 mod private;
 mod protocol;
+mod resolver;
 #[allow(unsafe_code)]
 mod verify;
 mod watch;
 
 pub use asset::Asset;
 #[cfg(feature = "tokio")]
-pub use async_client::{AsyncClient, AsyncWatcher};
+pub use async_client::{AsyncClient, AsyncResolver, AsyncWatcher};
 pub use cache::CachedClient;
 pub use client::Client;
 pub use connect::{ConnectOptions, DEFAULT_TIMEOUT};
 pub use error::{Error, HandshakeError};
 pub use options::{Access, MapOptions, ShmemHugePages, COPY_BREAK_EVEN, SHMEM_ENABLED_PATH};
 pub use private::PrivateCopy;
+pub use resolver::{Resolver, Wanted};
 pub use verify::{verify, verify_with, Sealed, VerifyError, REQUIRED_SEALS};
 pub use watch::Watcher;
 

@@ -18,8 +18,9 @@ use crate::error::{Error, HandshakeError};
 use memseal_proto::codec::{self, Decoded};
 use memseal_proto::wire::RawFrame;
 use memseal_proto::{
-    AssetInfo, Event, FetchItem, FetchResult, FrameError, Limits, PublishSource, Request, Response,
-    Selector, ServerStatus, SessionLimits, PROTOCOL_VERSION, PROTOCOL_VERSION_2,
+    AssetInfo, ErrorCode, ErrorReply, Event, FetchItem, FetchResult, FrameError, Limits,
+    PublishSource, Request, Response, Selector, ServerStatus, SessionLimits, PROTOCOL_VERSION,
+    PROTOCOL_VERSION_2,
 };
 use std::os::fd::{BorrowedFd, OwnedFd};
 
@@ -351,6 +352,60 @@ pub(crate) fn watch(prefix: &str) -> RoundTrip<()> {
         Response::Watching => Ok(()),
         other => Err(unexpected("watching", &other)),
     })
+}
+
+/// Become the resolver of `prefixes`; `Wanted` announcements follow.
+pub(crate) fn resolve(prefixes: &[&str]) -> RoundTrip<()> {
+    let request = Request::Resolve {
+        prefixes: prefixes.iter().map(|p| (*p).to_owned()).collect(),
+    };
+    round_trip(request, |answer| match answer?.message {
+        Response::Resolving => Ok(()),
+        other => Err(unexpected("resolving", &other)),
+    })
+}
+
+/// One message on a resolving connection: a name a client waits for.
+pub(crate) fn wanted(answer: Response) -> Result<(String, Selector), Error> {
+    match answer {
+        Response::Wanted { name, selector } => Ok((name, selector)),
+        other => Err(unexpected("wanted", &other)),
+    }
+}
+
+/// A request that has no answer (`Unresolved` on a resolving connection).
+pub(crate) struct OneWay {
+    request: Option<Request>,
+}
+
+/// Tell the daemon that the wanted `name` cannot be supplied, and why.
+pub(crate) fn unresolved(name: &str, selector: Selector, code: ErrorCode, message: &str) -> OneWay {
+    OneWay {
+        request: Some(Request::Unresolved {
+            name: name.to_owned(),
+            selector,
+            error: ErrorReply {
+                code,
+                message: message.to_owned(),
+            },
+        }),
+    }
+}
+
+impl Operation for OneWay {
+    type Output = ();
+
+    fn start(&mut self) -> Step<()> {
+        Step::Next(Action::Send(self.request.take().expect("sent once")))
+    }
+
+    fn sent(&mut self, outcome: Result<(), Error>) -> Step<()> {
+        Step::Done(outcome)
+    }
+
+    fn received(&mut self, _: Result<Decoded<Response>, Error>) -> Step<()> {
+        unreachable!("a one-way request receives nothing")
+    }
 }
 
 /// One message on a watching connection.

@@ -141,7 +141,7 @@ pub struct CatalogError {
 }
 
 impl CatalogError {
-    fn new(code: ErrorCode, message: impl Into<String>) -> Self {
+    pub fn new(code: ErrorCode, message: impl Into<String>) -> Self {
         CatalogError {
             code,
             message: message.into(),

@@ -105,6 +105,11 @@ pub struct Args {
     #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
     pub io_timeout: Option<Duration>,
 
+    /// How long a fetch or stat of a missing name waits for the resolver of
+    /// its prefix to supply it, when one is connected [default: 30s]
+    #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
+    pub resolve_timeout: Option<Duration>,
+
     /// How long a streamed upload may take in all, however steadily it
     /// progresses; its budget reservation is released when it ends
     /// [default: 300s]
@@ -165,6 +170,7 @@ struct FileConfig {
     handshake_timeout: Option<DurationValue>,
     io_timeout: Option<DurationValue>,
     upload_timeout: Option<DurationValue>,
+    resolve_timeout: Option<DurationValue>,
     #[serde(default)]
     policy: PolicyConfig,
 }
@@ -234,6 +240,8 @@ pub struct Config {
     pub io_timeout: Duration,
     /// How long a streamed upload may take in all.
     pub upload_timeout: Duration,
+    /// How long a fetch of a missing name waits for its resolver.
+    pub resolve_timeout: Duration,
     /// How long in-flight requests may run after SIGTERM.
     pub shutdown_grace: Duration,
 }
@@ -302,6 +310,11 @@ impl Config {
             (None, Some(v)) => v.duration("upload_timeout")?,
             (None, None) => DEFAULT_UPLOAD_TIMEOUT,
         };
+        let resolve_timeout = match (args.resolve_timeout, &file.resolve_timeout) {
+            (Some(d), _) => d,
+            (None, Some(v)) => v.duration("resolve_timeout")?,
+            (None, None) => DEFAULT_RESOLVE_TIMEOUT,
+        };
         if handshake_timeout.is_zero() || io_timeout.is_zero() || upload_timeout.is_zero() {
             return Err(
                 "handshake_timeout, io_timeout and upload_timeout must be longer than zero".into(),
@@ -339,6 +352,7 @@ impl Config {
             handshake_timeout,
             io_timeout,
             upload_timeout,
+            resolve_timeout,
             shutdown_grace: Duration::from_secs(10),
         })
     }
@@ -359,6 +373,10 @@ const DEFAULT_UPLOAD_TIMEOUT: Duration = Duration::from_secs(300);
 /// of memory and 350 of snapshot each at most, so the catalog stays within
 /// about 120 MiB and its snapshot far below the restore limit.
 pub const DEFAULT_MAX_VERSIONS: u64 = 200_000;
+
+/// How long a fetch of a missing name waits for its resolver by default:
+/// long enough for a resolver to fetch gigabytes from a store nearby.
+const DEFAULT_RESOLVE_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// The share of each global limit that only publishers may use, in percent:
 /// however many other users there are, the publishers keep a quarter.

@@ -13,6 +13,8 @@
 //! - `descriptions`: the read-only descriptions readers receive, one per
 //!   connection, so no reader can move another's offset or flags.
 //! - `policy`: who may publish and remove which names.
+//! - `resolvers`: pull-through: missing names announced to the client
+//!   that resolves their prefix, and the clients that wait for them.
 //! - `log_budget`: how many lines about clients' requests are logged.
 //! - `notify`: readiness, status and watchdog for the service manager.
 //! - `persist`: the service manager's fd store, so a restart or a crash
@@ -54,6 +56,7 @@ mod log_budget;
 mod notify;
 mod persist;
 mod policy;
+mod resolvers;
 mod server;
 mod state;
 #[allow(unsafe_code)]

@@ -10,6 +10,7 @@ use crate::catalog::{Budget, Catalog, CatalogError, Change, Claim, Totals};
 use crate::connection::USER_INGESTS;
 use crate::log_budget::LogBudget;
 use crate::policy::Policy;
+use crate::resolvers::Resolvers;
 use memseal_proto::{AssetInfo, Event, Selector, ServerStatus};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, RwLock};
@@ -32,6 +33,8 @@ pub struct State {
     events: tokio::sync::broadcast::Sender<Event>,
     /// Which per-request log lines are written.
     log_budget: LogBudget,
+    /// Resolvers of missing names, and the pulls under way.
+    resolvers: Resolvers,
     /// Descriptor publishes users who are not publishers may run at once.
     user_ingests: Arc<tokio::sync::Semaphore>,
 }
@@ -51,6 +54,7 @@ impl State {
             observe_order: Mutex::new(()),
             events: tokio::sync::broadcast::channel(WATCH_BACKLOG).0,
             log_budget: LogBudget::default(),
+            resolvers: Resolvers::default(),
             user_ingests: Arc::new(tokio::sync::Semaphore::new(USER_INGESTS)),
         })
     }
@@ -82,7 +86,10 @@ impl State {
             }
             for change in changes {
                 let event = match change {
-                    Change::Published(version) => Event::Published(version.info),
+                    Change::Published(version) => {
+                        self.resolvers.published(&version.info);
+                        Event::Published(version.info)
+                    }
                     Change::Removed(info) => Event::Removed(info),
                     Change::BlobAdded(_) | Change::BlobDropped(_) => continue,
                 };
@@ -91,6 +98,11 @@ impl State {
             }
         }
         value
+    }
+
+    /// Resolvers of missing names (pull-through).
+    pub fn resolvers(&self) -> &Resolvers {
+        &self.resolvers
     }
 
     /// Which per-request log lines are written.
@@ -175,10 +187,6 @@ impl State {
         let catalog = self.catalog();
         let version = catalog.find(name, selector)?;
         Ok((version.info.clone(), version.blob.clone()))
-    }
-
-    pub fn stat(&self, name: &str, selector: Selector) -> Result<AssetInfo, CatalogError> {
-        Ok(self.catalog().find(name, selector)?.info.clone())
     }
 
     pub fn list(

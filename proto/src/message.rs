@@ -54,6 +54,20 @@ pub enum Request {
     /// daemon that announced it, in a [`Response::Greeting`]). The daemon
     /// answers [`Response::Assets`], one result per item, in order.
     FetchMany { items: Vec<FetchItem> },
+    /// Become the resolver of the names under these prefixes: a fetch or
+    /// stat of a name the daemon does not hold, under one of them, is then
+    /// announced on this connection ([`Response::Wanted`]) and waits until
+    /// the name appears (published on another connection) or a deadline
+    /// passes. The daemon answers [`Response::Resolving`]; the client may
+    /// then send only [`Request::Unresolved`].
+    Resolve { prefixes: Vec<String> },
+    /// On a resolving connection: this wanted name cannot be supplied, and
+    /// `error` says why (its code is what the waiting clients get).
+    Unresolved {
+        name: String,
+        selector: Selector,
+        error: ErrorReply,
+    },
 }
 
 /// One asset of a [`Request::FetchMany`].
@@ -66,7 +80,7 @@ pub struct FetchItem {
 impl Request {
     /// [`Request::kind`] of each variant, in wire order: index `n` is the
     /// kind whose variant number is `n`.
-    pub const KINDS: [&'static str; 9] = [
+    pub const KINDS: [&'static str; 11] = [
         "hello",
         "publish",
         "fetch",
@@ -76,6 +90,8 @@ impl Request {
         "status",
         "watch",
         "fetch_many",
+        "resolve",
+        "unresolved",
     ];
 
     /// How many descriptors must travel with this request.
@@ -101,6 +117,8 @@ impl Request {
             Request::Status => "status",
             Request::Watch { .. } => "watch",
             Request::FetchMany { .. } => "fetch_many",
+            Request::Resolve { .. } => "resolve",
+            Request::Unresolved { .. } => "unresolved",
         }
     }
 }
@@ -115,7 +133,7 @@ pub enum PublishSource {
 }
 
 /// Which version of a name a fetch or stat wants.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub enum Selector {
     /// The newest version.
     Latest,
@@ -171,6 +189,12 @@ pub enum Response {
     /// for, in order. Carries one descriptor per [`FetchResult::Asset`], in
     /// the same order: read-only memfds as for [`Response::Asset`].
     Assets { items: Vec<FetchResult> },
+    /// The connection resolves names under its prefixes; [`Response::Wanted`]
+    /// frames follow.
+    Resolving,
+    /// On a resolving connection: a client waits for this name, which the
+    /// daemon does not hold. Sent once however many clients wait.
+    Wanted { name: String, selector: Selector },
 }
 
 /// One item of a [`Response::Assets`].
@@ -214,7 +238,7 @@ impl Event {
 
 impl Response {
     /// [`Response::kind`] of each variant, in wire order.
-    pub const KINDS: [&'static str; 13] = [
+    pub const KINDS: [&'static str; 15] = [
         "welcome",
         "continue",
         "published",
@@ -228,6 +252,8 @@ impl Response {
         "event",
         "greeting",
         "assets",
+        "resolving",
+        "wanted",
     ];
 
     /// How many descriptors must travel with this response.
@@ -263,6 +289,8 @@ impl Response {
             Response::Event(_) => "event",
             Response::Greeting { .. } => "greeting",
             Response::Assets { .. } => "assets",
+            Response::Resolving => "resolving",
+            Response::Wanted { .. } => "wanted",
         }
     }
 
@@ -362,6 +390,10 @@ pub enum ErrorCode {
     /// A publish descriptor is neither a regular file nor a sealed memfd,
     /// cannot be read, or does not have the declared size.
     InvalidSource = 9,
+    /// The name is not held here, and the resolver of its prefix did not
+    /// supply it in time (or could not reach its source, or there is none
+    /// connected); the message says which. Retry later.
+    Unavailable = 10,
 }
 
 impl ErrorCode {
@@ -378,6 +410,7 @@ impl ErrorCode {
             ErrorCode::Internal => "internal error",
             ErrorCode::UnsupportedVersion => "unsupported protocol version",
             ErrorCode::InvalidSource => "invalid source",
+            ErrorCode::Unavailable => "unavailable",
         }
     }
 }

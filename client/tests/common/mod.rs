@@ -341,6 +341,10 @@ fn serve(
                 Response::error(ErrorCode::Internal, "the fake daemon cannot batch"),
                 None,
             ),
+            Request::Resolve { .. } | Request::Unresolved { .. } => (
+                Response::error(ErrorCode::Internal, "the fake daemon cannot resolve"),
+                None,
+            ),
         };
         send(&stream, &response, fd.as_ref().map(|fd| fd.as_fd()));
     }

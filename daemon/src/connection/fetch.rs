@@ -1,4 +1,5 @@
-//! Fetching: one asset, or many in one round trip.
+//! Fetching and stat: one asset, or many in one round trip, and the wait
+//! for a resolver when the daemon does not hold a name.
 //!
 //! A fetch answers with a descriptor of the version's blob; a batch
 //! answers with one result per item and one descriptor per item found,
@@ -6,16 +7,28 @@
 //! connection's own (see [`crate::descriptions`]), and `blob` references
 //! keep every memfd open until the reply is sent, even if a version is
 //! removed meanwhile.
+//!
+//! A name the daemon does not hold, under a prefix some client resolves
+//! (see [`crate::resolvers`]), is pulled: the request waits until the
+//! name appears, the resolver gives up, or `resolve_timeout` passes, and
+//! then answers as usual, or `Unavailable` with the reason.
 
 use super::{invalid_name, Connection, End};
-use memseal_proto::{ErrorCode, FetchItem, FetchResult, Response, Selector};
+use crate::blob::Blob;
+use crate::catalog::CatalogError;
+use crate::resolvers::Waiter;
+use memseal_proto::{AssetInfo, ErrorCode, ErrorReply, FetchItem, FetchResult, Response, Selector};
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::sync::Arc;
+use tokio::time::Instant;
 
 /// The most items one batch may name, whatever the descriptor budget
 /// allows: a model's shards or a font family fit, and the answer stays
 /// well inside one frame.
 pub const MAX_FETCH_MANY: usize = 64;
+
+/// A version found, or why not.
+type Found = Result<(AssetInfo, Arc<Blob>), CatalogError>;
 
 impl Connection {
     /// Items a batch may name on this connection: never more descriptors
@@ -25,7 +38,7 @@ impl Connection {
     }
 
     pub(super) async fn fetch(&mut self, name: &str, selector: Selector) -> Result<(), End> {
-        match self.state.fetch(name, selector) {
+        match self.find(name, selector).await {
             Ok((info, blob)) => {
                 let own = self.descriptions.of(&blob);
                 let fd = own.as_deref().map_or(blob.fd(), |fd| fd.as_fd());
@@ -35,8 +48,17 @@ impl Connection {
         }
     }
 
+    pub(super) async fn stat(&mut self, name: &str, selector: Selector) -> Result<(), End> {
+        let reply = match self.find(name, selector).await {
+            Ok((info, _)) => Response::Info(info),
+            Err(e) => Response::error(e.code, e.message),
+        };
+        self.reply(reply, None).await
+    }
+
     /// Answer a batch: one result per item, in order; an item that fails
-    /// (an invalid name, nothing found) fails alone.
+    /// (an invalid name, nothing found) fails alone. Missing items are
+    /// pulled together, under one deadline.
     pub(super) async fn fetch_many(&mut self, items: Vec<FetchItem>) -> Result<(), End> {
         let max = self.max_fetch_many();
         if items.len() > max {
@@ -50,19 +72,37 @@ impl Connection {
             );
             return self.reply(reply, None).await;
         }
-        let mut results = Vec::with_capacity(items.len());
+        let deadline = Instant::now() + self.config.resolve_timeout;
+        // First every lookup, starting the pulls of what is missing; then
+        // the waits, so that the pulls run at the same time.
+        let started: Vec<Result<Found, (Waiter, Found)>> = items
+            .iter()
+            .map(|item| match invalid_name(&item.name) {
+                Err(Response::Error(reply)) => {
+                    Ok(Err(CatalogError::new(reply.code, reply.message)))
+                }
+                _ => self.start_find(&item.name, item.selector),
+            })
+            .collect();
+        let mut found = Vec::with_capacity(items.len());
+        for (item, start) in items.iter().zip(started) {
+            found.push(match start {
+                Ok(done) => done,
+                Err((waiter, missing)) => {
+                    self.finish_find(&item.name, item.selector, waiter, missing, deadline)
+                        .await
+                }
+            });
+        }
+        let mut results = Vec::with_capacity(found.len());
         let mut blobs = Vec::new();
-        for item in &items {
-            if let Err(Response::Error(reply)) = invalid_name(&item.name) {
-                results.push(FetchResult::Error(reply));
-                continue;
-            }
-            match self.state.fetch(&item.name, item.selector) {
+        for item in found {
+            match item {
                 Ok((info, blob)) => {
                     results.push(FetchResult::Asset(info));
                     blobs.push(blob);
                 }
-                Err(e) => results.push(FetchResult::Error(memseal_proto::ErrorReply {
+                Err(e) => results.push(FetchResult::Error(ErrorReply {
                     code: e.code,
                     message: e.message,
                 })),
@@ -79,5 +119,79 @@ impl Connection {
             .collect();
         self.reply_with(Response::Assets { items: results }, fds)
             .await
+    }
+
+    /// The version `selector` picks, pulled through the resolver of its
+    /// prefix if the daemon does not hold it.
+    async fn find(&self, name: &str, selector: Selector) -> Found {
+        let deadline = Instant::now() + self.config.resolve_timeout;
+        match self.start_find(name, selector) {
+            Ok(done) => done,
+            Err((waiter, missing)) => {
+                self.finish_find(name, selector, waiter, missing, deadline)
+                    .await
+            }
+        }
+    }
+
+    /// Look the version up; if it is missing and a resolver covers it,
+    /// start (or join) its pull and hand back the waiter with the
+    /// original `NotFound`.
+    fn start_find(&self, name: &str, selector: Selector) -> Result<Found, (Waiter, Found)> {
+        let missing = match self.state.fetch(name, selector) {
+            Err(e) if e.code == ErrorCode::NotFound => Err(e),
+            done => return Ok(done),
+        };
+        let resolvers = self.state.resolvers();
+        let Some(waiter) = resolvers.pull(name, selector, self.config.resolve_timeout) else {
+            return Ok(missing);
+        };
+        // It may have been published after the lookup and before the pull
+        // was registered, when no publish would wake the waiter.
+        match self.state.fetch(name, selector) {
+            Ok(found) => Ok(Ok(found)),
+            Err(_) => Err((waiter, missing)),
+        }
+    }
+
+    /// Wait for a pull to end (or the deadline, or shutdown), then look
+    /// the version up again.
+    async fn finish_find(
+        &self,
+        name: &str,
+        selector: Selector,
+        mut waiter: Waiter,
+        missing: Found,
+        deadline: Instant,
+    ) -> Found {
+        let mut shutdown = self.shutdown.clone();
+        let ended = tokio::select! {
+            ended = tokio::time::timeout_at(deadline, waiter.wait_for(Option::is_some)) => ended,
+            _ = shutdown.wait_for(|stop| *stop) => {
+                return Err(CatalogError::new(
+                    ErrorCode::Unavailable,
+                    format!("memseald is shutting down; '{name}' was not supplied"),
+                ))
+            }
+        };
+        let outcome = match ended {
+            Ok(Ok(outcome)) => outcome.clone(),
+            Ok(Err(_)) => None,
+            Err(_) => {
+                return Err(CatalogError::new(
+                    ErrorCode::Unavailable,
+                    format!(
+                        "'{name}' is not held here, and the resolver of its prefix did not \
+                         supply it within {:?}; retry later",
+                        self.config.resolve_timeout
+                    ),
+                ))
+            }
+        };
+        match outcome {
+            Some(Ok(())) => self.state.fetch(name, selector),
+            Some(Err(reply)) => Err(CatalogError::new(reply.code, reply.message)),
+            None => missing,
+        }
     }
 }

@@ -49,6 +49,7 @@ use tracing::{debug, info, warn};
 
 mod fetch;
 mod publish;
+mod resolving;
 mod unread;
 mod watching;
 
@@ -392,11 +393,7 @@ impl Connection {
                 if let Err(reply) = invalid_name(&name) {
                     return self.reply(reply, None).await;
                 }
-                let reply = match self.state.stat(&name, selector) {
-                    Ok(info) => Response::Info(info),
-                    Err(e) => Response::error(e.code, e.message),
-                };
-                self.reply(reply, None).await
+                self.stat(&name, selector).await
             }
             Request::List {
                 prefix,
@@ -435,6 +432,13 @@ impl Connection {
             }
             Request::Watch { prefix } => self.watch(prefix).await,
             Request::FetchMany { items } => self.fetch_many(items).await,
+            Request::Resolve { prefixes } => self.resolve(prefixes).await,
+            Request::Unresolved { .. } => {
+                let e = FrameError::Protocol(
+                    "'unresolved' is sent only on a resolving connection".into(),
+                );
+                Err(self.protocol_error(e).await)
+            }
         }
     }
 

@@ -28,6 +28,9 @@
 //!   `published N` and the refusal, and keeps its connection until killed.
 //! - `memseal-test-peer SOCKET list-loop SECONDS` lists every name, page by
 //!   page, over and over for SECONDS, then prints `listed N pages`.
+//! - `memseal-test-peer SOCKET resolve PREFIX...` tries to become the
+//!   resolver of each PREFIX on a connection of its own and prints
+//!   `PREFIX: resolving` or `PREFIX: refused: ` and the daemon's reason.
 //! - `memseal-test-peer SOCKET trickle NAME SIZE CHUNK INTERVAL_MS` starts
 //!   a streamed publish of SIZE bytes and sends CHUNK bytes every
 //!   INTERVAL_MS until the daemon drops it; prints `dropped after N bytes`.
@@ -51,6 +54,7 @@ const USAGE: &str = "usage: memseal-test-peer SOCKET upload NAME SIZE SEND
        memseal-test-peer SOCKET churn PREFIX COUNT
        memseal-test-peer SOCKET fill PREFIX SIZE
        memseal-test-peer SOCKET list-loop SECONDS
+       memseal-test-peer SOCKET resolve PREFIX...
        memseal-test-peer SOCKET trickle NAME SIZE CHUNK INTERVAL_MS";
 
 fn main() {
@@ -75,6 +79,7 @@ fn main() {
         [socket, "churn", prefix, count] => churn(socket, prefix, count.parse().expect("COUNT")),
         [socket, "fill", prefix, size] => fill(socket, prefix, size.parse().expect("SIZE")),
         [socket, "list-loop", seconds] => list_loop(socket, seconds.parse().expect("SECONDS")),
+        [socket, "resolve", prefixes @ ..] => resolve(socket, prefixes),
         [socket, "trickle", name, size, chunk, interval] => trickle(
             socket,
             name,
@@ -424,4 +429,19 @@ fn trickle(socket: &str, name: &str, size: u64, chunk: usize, interval_ms: u64) 
         std::thread::sleep(std::time::Duration::from_millis(interval_ms));
     }
     say(&format!("dropped after {sent} bytes"));
+}
+
+/// Ask to resolve each prefix, each on a connection of its own.
+fn resolve(socket: &str, prefixes: &[&str]) {
+    for prefix in prefixes {
+        let stream = connect(socket);
+        let request = Request::Resolve {
+            prefixes: vec![(*prefix).to_owned()],
+        };
+        match request_with_fd(&stream, &request, None).expect("resolve") {
+            Response::Resolving => say(&format!("{prefix}: resolving")),
+            Response::Error(reply) => say(&format!("{prefix}: refused: {reply}")),
+            other => say(&format!("{prefix}: unexpected {}", other.kind())),
+        }
+    }
 }

@@ -22,7 +22,7 @@ pub struct DaemonConfig {
     pub max_asset_size: u64,
 }
 
-/// Start a daemon whose own files live in `dir` (created here), serving
+/// Start a daemon listening on `dir`/memseald.sock (`dir` created here), serving
 /// the assets declared in `assets_dir` if given (else an empty directory),
 /// and wait until it reports READY=1.
 pub fn start(config: &DaemonConfig, dir: &Path, assets_dir: Option<&Path>) -> io::Result<Daemon> {
@@ -41,5 +41,5 @@ pub fn start(config: &DaemonConfig, dir: &Path, assets_dir: Option<&Path>) -> io
             "--max-asset-size".to_owned(),
             config.max_asset_size.to_string(),
         ])
-        .try_start()
+        .try_start_in(dir)
 }

@@ -37,9 +37,11 @@ pub async fn receive(stream: &UnixStream, buffer: &mut FrameBuffer) -> Result<()
                 if result.is_ok() && buffer.socket_drained() {
                     // The read came up short: the socket is empty, so
                     // forget the readiness now instead of paying a receive
-                    // that would only say EAGAIN next time. Tokio keeps
-                    // the readiness if a new event arrived meanwhile, so
-                    // no wake-up is lost.
+                    // that would only say EAGAIN next time (frames this
+                    // read brought are served from the buffer first).
+                    // Tokio keeps the readiness if a new event arrived
+                    // meanwhile, and never clears a hang-up it has seen,
+                    // so neither a request nor an EOF is lost.
                     let _ = stream.try_io(Interest::READABLE, || {
                         Err::<(), _>(io::ErrorKind::WouldBlock.into())
                     });

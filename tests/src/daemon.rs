@@ -109,11 +109,14 @@ impl DaemonBuilder {
     /// Start it with its socket in `dir` (given explicitly, as `--socket`
     /// would be), and wait until it serves.
     pub fn start_in(self, dir: &Path) -> Daemon {
-        let own = tempfile::Builder::new()
-            .prefix("memseal-test-")
-            .tempdir()
-            .expect("temporary directory");
-        Daemon::spawn(self, own, dir.join("memseald.sock")).unwrap_or_else(|e| panic!("{e}"))
+        self.try_start_in(dir).unwrap_or_else(|e| panic!("{e}"))
+    }
+
+    /// Start it with its socket in `dir`, and wait until it serves, or say
+    /// why it did not.
+    pub fn try_start_in(self, dir: &Path) -> io::Result<Daemon> {
+        let own = tempfile::Builder::new().prefix("memseal-test-").tempdir()?;
+        Daemon::spawn(self, own, dir.join("memseald.sock"))
     }
 
     /// Start it and wait until it serves.

@@ -94,13 +94,13 @@ impl FrameBuffer {
         matches!(self.frame_len_at(self.start), Ok(Some(_)))
     }
 
-    /// True when the last receive emptied the socket (it returned fewer
-    /// bytes than there was room for, and no descriptor, which would have
-    /// ended it early) and no frame is buffered. A non-blocking caller can
-    /// then wait for readiness instead of trying a receive that would only
-    /// say `WouldBlock`.
+    /// True when the last receive emptied the socket: it returned fewer
+    /// bytes than there was room for, and no descriptor (which would have
+    /// ended it early). Frames it brought may still be buffered; once they
+    /// are served, a non-blocking caller can wait for readiness instead of
+    /// trying a receive that would only say `WouldBlock`.
     pub fn socket_drained(&self) -> bool {
-        self.drained && !self.has_frame()
+        self.drained
     }
 
     /// The length prefix of the frame that starts at `at`, if its four

@@ -2,10 +2,10 @@
 
 memseald keeps immutable assets in sealed memfds and hands out read-only
 descriptors to them over a Unix socket. This package speaks its protocol
-(PROTOCOL.md, version 1) with nothing but the standard library, checks
-every descriptor's seals before mapping it, and gives the bytes as a
-read-only mapping: many worker processes read one copy of a 3 GB model,
-and nobody can change it under them.
+(PROTOCOL.md, version 2, and version 1 with older daemons) with nothing
+but the standard library, checks every descriptor's seals before mapping
+it, and gives the bytes as a read-only mapping: many worker processes read
+one copy of a 3 GB model, and nobody can change it under them.
 
 Typical use::
 
@@ -15,6 +15,7 @@ Typical use::
         client.publish_file("models/en", "en.safetensors")
         asset = client.fetch("models/en")
         print(asset.info.version, bytes(asset.view[:16]))
+        shards = client.fetch_many(["models/en/0", ("models/en/1", 3)])
 
 With numpy installed (``pip install 'memseal[numpy]'``),
 ``asset.ndarray(dtype, shape, offset)`` is a read-only zero-copy array and
@@ -31,7 +32,7 @@ Layout, in the order data flows:
 """
 
 from ._channel import MAX_FRAME_LEN
-from ._client import DEFAULT_TIMEOUT, Client, sealed_memfd
+from ._client import DEFAULT_TIMEOUT, Client, FetchResult, sealed_memfd
 from ._endpoint import SYSTEM_SOCKET, Endpoint, per_user_socket_path, resolve_socket
 from ._errors import (
     SOCKET_ENV,
@@ -47,7 +48,16 @@ from ._errors import (
     UntrustedSocket,
     VerifyError,
 )
-from ._messages import PROTOCOL_VERSION, AssetInfo, Event, Limits, ServerStatus
+from ._messages import (
+    PROTOCOL_VERSION,
+    AssetInfo,
+    Event,
+    FetchItem,
+    Limits,
+    SelectorLike,
+    ServerStatus,
+    SessionLimits,
+)
 from ._sealed import (
     F_SEAL_EXEC,
     F_SEAL_FUTURE_WRITE,
@@ -81,6 +91,7 @@ __all__ = [
     "ErrorCode",
     "AssetInfo",
     "Limits",
+    "SessionLimits",
     "ServerStatus",
     "Event",
     "Endpoint",
@@ -97,6 +108,9 @@ __all__ = [
     "Sealed",
     "Asset",
     "Client",
+    "FetchItem",
+    "SelectorLike",
+    "FetchResult",
     "resolve_socket",
     "per_user_socket_path",
     "map_sealed",

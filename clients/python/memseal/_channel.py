@@ -5,6 +5,12 @@ goes through one ``recvmsg`` helper: with a control buffer, with
 ``MSG_CMSG_CLOEXEC``, checking ``MSG_CTRUNC``, and never for more bytes
 than the current frame still owes (the "exact reads" of section 4), so a
 descriptor is always tied to the frame it rode on.
+
+A frame's descriptors all ride on its first byte, so they arrive together
+with the call that returns it, however many there are (a batch answer
+carries up to 253); a second batch for the same frame, on any later byte,
+breaks the protocol. Every descriptor received is closed on every path that
+does not hand it to the caller.
 """
 
 from __future__ import annotations
@@ -20,12 +26,14 @@ from ._messages import Response, decode_response
 #: Largest frame length either side accepts, prefix excluded (section 3).
 MAX_FRAME_LEN = 65536
 
-#: Most descriptors one frame may carry in version 1.
-MAX_FDS_PER_FRAME = 1
+#: Most descriptors one frame may carry: SCM_MAX_FD, what the kernel lets
+#: one message carry (section 3).
+MAX_FDS_PER_FRAME = 253
 
-#: Room for this many descriptors in every receive, so that surplus ones
-#: are seen and closed instead of silently dropped by the kernel.
-_FD_ROOM = 8
+#: Room for this many descriptors in every receive (CMSG_SPACE of it is
+#: 1,040 bytes), more than any frame may carry, so that surplus ones are
+#: seen and closed instead of silently dropped by the kernel.
+_FD_ROOM = 256
 
 #: Called as ``trace(direction, frame_bytes, fd_count)`` for every frame.
 Trace = Callable[[str, bytes, int], None]
@@ -142,20 +150,21 @@ class Channel:
         except socket.timeout:
             raise ProtocolError("memseald stopped taking the upload") from None
 
-    def receive(self) -> Tuple[Response, Optional[int]]:
-        """Read and decode one response, with the descriptor it carries."""
+    def receive(self) -> Tuple[Response, List[int]]:
+        """Read and decode one response, with the descriptors it carries,
+        in the order they rode; they are the caller's to close."""
         payload, fds = self.read_frame()
         try:
             declared = payload[0]
             if declared > MAX_FDS_PER_FRAME or declared != len(fds):
                 raise ProtocolError("frame declared %d descriptor(s) but %d arrived" % (declared, len(fds)))
             response = decode_response(payload[1:])
-            if response.FDS != declared:
+            if response.fd_count() != declared:
                 raise ProtocolError(
                     "a '%s' reply carries %d descriptor(s) but the frame declared %d"
-                    % (response.KIND, response.FDS, declared)
+                    % (response.KIND, response.fd_count(), declared)
                 )
         except BaseException:
             close_all(fds)
             raise
-        return response, (fds[0] if fds else None)
+        return response, fds

@@ -5,6 +5,12 @@ builds a request (``_messages``), sends it and reads the one reply it
 expects through :meth:`Client._call`, which turns an ``Error`` reply into
 :class:`ServerError` and anything unexpected into :class:`ProtocolError`
 (closing the connection, whose position in the stream is then unknown).
+
+The handshake asks for protocol version 2, whose ``Greeting`` announces
+the session's limits; a daemon that speaks only version 1 refuses it, and
+is greeted again on a new connection in version 1 (section 7.1). A batch
+fetch uses ``FetchMany`` when the greeting announced room for more than one
+item, and single fetches otherwise.
 """
 
 from __future__ import annotations
@@ -14,13 +20,13 @@ import os
 import socket
 import stat as _stat
 import struct
-from typing import IO, Callable, Iterator, List, Optional, Tuple, Type, TypeVar, Union
+from typing import IO, Callable, Iterable, Iterator, List, Optional, Sequence, Tuple, Type, TypeVar, Union
 
 from . import _messages as m
-from ._channel import Channel, Trace
+from ._channel import MAX_FDS_PER_FRAME, MAX_FRAME_LEN, Channel, Trace, close_all
 from ._endpoint import Endpoint, resolve_socket
-from ._errors import ConnectError, MemsealError, ProtocolError, ServerError
-from ._messages import AssetInfo, Event, HashLike, Limits, ServerStatus
+from ._errors import ConnectError, ErrorCode, MemsealError, ProtocolError, ServerError, VerifyError
+from ._messages import AssetInfo, Event, FetchItem, HashLike, Limits, ServerStatus, SessionLimits
 from ._sealed import F_SEAL_GROW, F_SEAL_SEAL, F_SEAL_SHRINK, F_SEAL_WRITE, Asset, check_sealed
 
 #: Default timeout for each read and write on the socket, in seconds.
@@ -33,6 +39,10 @@ R = TypeVar("R", bound=m.Response)
 
 #: A path to a file, or an open binary file.
 FileLike = Union[str, "os.PathLike[str]", IO[bytes]]
+
+#: One result of :meth:`Client.fetch_many`: the asset, verified and mapped,
+#: or the error that its item alone met.
+FetchResult = Union[Asset, MemsealError]
 
 
 def sealed_memfd(data: bytes, name: str = "memseal") -> int:
@@ -62,6 +72,11 @@ class Client:
     forever). ``trace``, if given, is called as ``trace(direction,
     frame_bytes, fd_count)`` for every frame sent or received.
 
+    ``server`` and ``limits`` are what the daemon announced in the
+    handshake, ``session`` the limits of this connection (None from a
+    daemon that speaks only protocol version 1), ``protocol_version`` the
+    version agreed on.
+
     A client holds one conversation at a time: share it between threads
     only behind a lock. Assets it fetched stay valid after it is closed.
     """
@@ -76,11 +91,37 @@ class Client:
     ):
         self.endpoint: Endpoint = resolve_socket(path, expect_server_uid)
         self.path = self.endpoint.path
-        self._closed = False
+        self._timeout = timeout
+        self._trace = trace
         self._watching = False
+        self._connect()
+        try:
+            welcome = self._handshake(client_name)
+        except BaseException:
+            self.close()
+            raise
+        self.server: str = welcome.server
+        self.limits: Limits = welcome.limits
+        self._session = welcome.session if isinstance(welcome, m.Greeting) else None
+
+    @property
+    def session(self) -> Optional[SessionLimits]:
+        """This connection's limits, as the daemon's version-2 greeting
+        announced them; None from a daemon that speaks only version 1."""
+        return self._session
+
+    @property
+    def protocol_version(self) -> int:
+        """The protocol version of this connection: 2, or 1 with a daemon
+        that speaks only that."""
+        return m.PROTOCOL_VERSION if self._session is not None else m.PROTOCOL_VERSION_1
+
+    def _connect(self) -> None:
+        """Open a connection and check who serves it, before a byte is sent."""
+        self._closed = True
         sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         try:
-            sock.settimeout(timeout)
+            sock.settimeout(self._timeout)
             try:
                 sock.connect(self.path)
             except OSError as e:
@@ -92,28 +133,38 @@ class Client:
         except BaseException:
             sock.close()
             raise
-        self._channel = Channel(sock, trace)
-        try:
-            self.server, self.limits = self._handshake(client_name)
-        except BaseException:
-            self.close()
-            raise
+        self._channel = Channel(sock, self._trace)
+        self._closed = False
 
-    def _handshake(self, client_name: str) -> Tuple[str, Limits]:
+    def _handshake(self, client_name: str) -> m.Welcome:
+        """Greet in version 2; a daemon that refuses it has closed the
+        connection, and is greeted again on a new one in version 1."""
         try:
-            self._channel.write_frame(m.hello_request(client_name))
+            return self._greet(client_name, m.PROTOCOL_VERSION)
+        except ServerError as refused:
+            if refused.code != ErrorCode.UNSUPPORTED_VERSION:
+                raise
+        self._connect()
+        return self._greet(client_name, m.PROTOCOL_VERSION_1)
+
+    def _greet(self, client_name: str, version: int) -> m.Welcome:
+        """One hello; the answer is a Welcome (version 1) or a Greeting
+        (version 2), each saying its own version."""
+        try:
+            self._channel.write_frame(m.hello_request(client_name, version))
         except (BrokenPipeError, ConnectionResetError):
             # A busy daemon closes right after accept, leaving one frame to
             # read that says so (section 7.1).
             pass
         welcome, _ = self._receive(m.Welcome)
-        if welcome.version != m.PROTOCOL_VERSION:
+        says = m.PROTOCOL_VERSION if isinstance(welcome, m.Greeting) else m.PROTOCOL_VERSION_1
+        if welcome.version != says:
             self.close()
             raise ProtocolError(
-                "memseald answered with protocol version %d; this client speaks %d"
-                % (welcome.version, m.PROTOCOL_VERSION)
+                "memseald answered with a '%s' of protocol version %d; this client speaks %d and %d"
+                % (welcome.KIND, welcome.version, m.PROTOCOL_VERSION_1, m.PROTOCOL_VERSION)
             )
-        return welcome.server, welcome.limits
+        return welcome
 
     def close(self) -> None:
         """Close the connection. Assets already fetched stay valid."""
@@ -131,10 +182,10 @@ class Client:
 
     # -- one request, one reply -----------------------------------------------
 
-    def _receive(self, want: Type[R]) -> Tuple[R, Optional[int]]:
-        """Read one reply of type ``want``, with its descriptor if it has one."""
+    def _receive(self, want: Type[R]) -> Tuple[R, List[int]]:
+        """Read one reply of type ``want``, with the descriptors it carries."""
         try:
-            response, fd = self._channel.receive()
+            response, fds = self._channel.receive()
         except ProtocolError:
             self.close()
             raise
@@ -142,9 +193,8 @@ class Client:
             self.close()
             raise ProtocolError("cannot read from memseald: %s" % (e.strerror or e)) from None
         if isinstance(response, want):
-            return response, fd
-        if fd is not None:
-            os.close(fd)
+            return response, fds
+        close_all(fds)
         if isinstance(response, m.ErrorReply):
             error = ServerError(response.code, response.message)
             if error.closes_connection:
@@ -168,9 +218,9 @@ class Client:
             self.close()
             raise ProtocolError("cannot send to memseald: %s" % (e.strerror or e)) from None
 
-    def _exchange(self, request: bytes, want: Type[R], fd: Optional[int] = None) -> Tuple[R, Optional[int]]:
+    def _exchange(self, request: bytes, want: Type[R], fd: Optional[int] = None) -> Tuple[R, List[int]]:
         """Send ``request`` (with ``fd`` riding on it) and read its reply,
-        with the descriptor the reply carries."""
+        with the descriptors the reply carries."""
         self._send(lambda: self._channel.write_frame(request, fd))
         return self._receive(want)
 
@@ -250,13 +300,80 @@ class Client:
     def fetch(self, name: str, version: Optional[int] = None, hash: Optional[HashLike] = None) -> Asset:
         """Fetch the latest version of ``name`` (or the given version or
         hash), check its descriptor and map it read-only."""
-        reply, fd = self._exchange(m.fetch_request(name, version, hash), m.AssetReply)
-        assert fd is not None, "an Asset reply always carries its descriptor"
+        return self._fetch(m.selection(name, version, hash))
+
+    def _fetch(self, picked: bytes) -> Asset:
+        reply, fds = self._exchange(m.fetch_request(picked), m.AssetReply)
+        (fd,) = fds  # the channel checked that an Asset reply carries one
         return Asset(reply.info, fd)
+
+    def fetch_many(self, items: Iterable[FetchItem]) -> List[FetchResult]:
+        """Fetch several assets, in as few round trips as the daemon allows.
+
+        Each item is a name (its latest version) or a pair ``(name,
+        version)`` or ``(name, hash)``, the hash as 32 bytes or 64
+        hexadecimal digits. Returns one result per item, in order: the
+        :class:`Asset`, checked and mapped exactly as :meth:`fetch` does,
+        or the exception that this item alone met, not raised:
+        :class:`ServerError` (``NOT_FOUND``, ``INVALID_NAME``, ...) or
+        :class:`VerifyError`. Raise it, or look at it, as you like.
+
+        Errors of the connection itself (:class:`ProtocolError`, a daemon
+        that closes it) are raised, after every asset already fetched by
+        this call has been closed; so are ``TypeError`` and ``ValueError``
+        for an item that cannot be asked for, before anything is sent.
+
+        The items go in ``FetchMany`` requests of at most
+        ``session.max_fetch_many`` items each (split further only if a
+        request would not fit one frame); with a daemon that announced no
+        room for batches, or speaks only protocol version 1, each item is a
+        fetch of its own.
+        """
+        wanted = [_batch_item(item) for item in items]
+        per_request = self._batch_size()
+        results: List[FetchResult] = []
+        try:
+            if per_request is None:
+                results.extend(self._fetch_alone(picked) for picked in wanted)
+            else:
+                for batch in _batches(wanted, per_request):
+                    results.extend(self._fetch_batch(batch))
+        except BaseException:
+            _close_assets(results)
+            raise
+        return results
+
+    def _batch_size(self) -> Optional[int]:
+        """Items per ``FetchMany`` request, if the daemon takes batches:
+        its announced limit, never more than one frame's descriptors."""
+        if self._session is None or self._session.max_fetch_many <= 1:
+            return None
+        return min(self._session.max_fetch_many, MAX_FDS_PER_FRAME)
+
+    def _fetch_alone(self, picked: bytes) -> FetchResult:
+        """One item of a batch as a fetch of its own; an error that leaves
+        the connection usable is the item's result."""
+        try:
+            return self._fetch(picked)
+        except ServerError as refused:
+            if refused.closes_connection:
+                raise
+            return refused
+        except VerifyError as failed:
+            return failed
+
+    def _fetch_batch(self, batch: Sequence[bytes]) -> List[FetchResult]:
+        """One ``FetchMany`` round trip."""
+        reply, fds = self._exchange(m.fetch_many_request(batch), m.Assets)
+        if len(reply.items) != len(batch):
+            close_all(fds)
+            self.close()
+            raise ProtocolError("memseald answered %d result(s) to a batch of %d" % (len(reply.items), len(batch)))
+        return _open_each(reply.items, fds)
 
     def stat(self, name: str, version: Optional[int] = None, hash: Optional[HashLike] = None) -> AssetInfo:
         """What a fetch would return, without the descriptor."""
-        return self._call(m.stat_request(name, version, hash), m.Info).info
+        return self._call(m.stat_request(m.selection(name, version, hash)), m.Info).info
 
     def list(self, prefix: str = "") -> List[AssetInfo]:
         """The latest version of every name starting with ``prefix``,
@@ -301,3 +418,55 @@ class Client:
     def _events(self) -> Iterator[Event]:
         while True:
             yield self._receive(m.EventReply)[0].event
+
+
+def _batch_item(item: FetchItem) -> bytes:
+    """One item of :meth:`Client.fetch_many`, encoded; ValueError if no
+    request could carry it (a name of tens of kilobytes)."""
+    picked = m.item_selection(item)
+    if m.FETCH_MANY_OVERHEAD + len(picked) > MAX_FRAME_LEN:
+        raise ValueError("a fetch_many item of %d bytes does not fit a %d-byte frame" % (len(picked), MAX_FRAME_LEN))
+    return picked
+
+
+def _batches(items: Sequence[bytes], most: int) -> Iterator[Sequence[bytes]]:
+    """``items`` cut into consecutive runs of at most ``most``, each run
+    small enough for one ``FetchMany`` frame."""
+    start, size = 0, 0
+    for end, picked in enumerate(items):
+        if end > start and (end - start == most or m.FETCH_MANY_OVERHEAD + size + len(picked) > MAX_FRAME_LEN):
+            yield items[start:end]
+            start, size = end, 0
+        size += len(picked)
+    if start < len(items):
+        yield items[start:]
+
+
+def _open_each(results: Sequence[Union[AssetInfo, m.ErrorReply]], fds: List[int]) -> List[FetchResult]:
+    """The results of one batch answer: each asset checked and mapped as
+    :meth:`Client.fetch` does, taking its descriptor in order, or the error
+    of its item. Takes ownership of ``fds``: on any failure that escapes,
+    the descriptors not yet taken and the assets already made are closed."""
+    opened: List[FetchResult] = []
+    taken = 0
+    try:
+        for result in results:
+            if isinstance(result, m.ErrorReply):
+                opened.append(ServerError(result.code, result.message))
+                continue
+            fd, taken = fds[taken], taken + 1
+            try:
+                opened.append(Asset(result, fd))  # closes fd if a check fails
+            except VerifyError as failed:
+                opened.append(failed)
+    except BaseException:
+        close_all(fds[taken:])
+        _close_assets(opened)
+        raise
+    return opened
+
+
+def _close_assets(results: Iterable[FetchResult]) -> None:
+    for result in results:
+        if isinstance(result, Asset):
+            result.close()

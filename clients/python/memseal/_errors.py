@@ -29,6 +29,7 @@ class ErrorCode(enum.IntEnum):
     INTERNAL = 7
     UNSUPPORTED_VERSION = 8
     INVALID_SOURCE = 9
+    UNAVAILABLE = 10
 
     @property
     def closes_connection(self) -> bool:

@@ -11,16 +11,28 @@ class if it has its own reply, and one more method on the client.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import ClassVar, List, NamedTuple, Optional, Sequence, Type, Union
+from typing import ClassVar, List, NamedTuple, Optional, Sequence, Tuple, Type, Union
 
 from ._errors import ProtocolError
 from ._wire import Decoder, Encoder
 
-#: The protocol version this package speaks (section 11).
-PROTOCOL_VERSION = 1
+#: The newest protocol version this package speaks, the one it asks for
+#: first (section 11).
+PROTOCOL_VERSION = 2
+
+#: The version it falls back to with a daemon that refuses version 2.
+PROTOCOL_VERSION_1 = 1
 
 #: A content hash: 32 raw bytes, or 64 hexadecimal digits.
 HashLike = Union[bytes, str]
+
+#: What picks the version of a name in :meth:`Client.fetch_many`: None for
+#: the latest, an int for that version number, a hash for that content.
+SelectorLike = Union[None, int, HashLike]
+
+#: One item of :meth:`Client.fetch_many`: a name (its latest version), or a
+#: name and a :data:`SelectorLike`.
+FetchItem = Union[str, Tuple[str, SelectorLike]]
 
 
 # ---------------------------------------------------------------------------
@@ -74,6 +86,23 @@ class Limits:
 
 
 @dataclass(frozen=True)
+class SessionLimits:
+    """What one connection may do at most, announced in a version-2
+    greeting (section 6.4)."""
+
+    max_unread_descriptors: int
+    """Descriptors the connection may leave unread before the daemon holds
+    back replies that carry more (section 9)."""
+    max_fetch_many: int
+    """Items one batch fetch may name; never more than
+    ``max_unread_descriptors``."""
+
+    @classmethod
+    def decode(cls, d: Decoder) -> SessionLimits:
+        return cls(d.u32(), d.u32())
+
+
+@dataclass(frozen=True)
 class ServerStatus:
     """The daemon's counters."""
 
@@ -101,8 +130,8 @@ class Event(NamedTuple):
 # Requests (section 6.1)
 # ---------------------------------------------------------------------------
 
-# Request variant indices.
-_HELLO, _PUBLISH, _FETCH, _STAT, _LIST, _REMOVE, _STATUS, _WATCH = range(8)
+# Request variant indices (those a resolver sends are not used here).
+_HELLO, _PUBLISH, _FETCH, _STAT, _LIST, _REMOVE, _STATUS, _WATCH, _FETCH_MANY = range(9)
 # PublishSource and Selector variant indices (section 6.3).
 _STREAM, _DESCRIPTOR = 0, 1
 _LATEST, _VERSION, _HASH = 0, 1, 2
@@ -116,18 +145,41 @@ def parse_hash(value: HashLike) -> bytes:
     return raw
 
 
-def _selector(e: Encoder, version: Optional[int], hash: Optional[HashLike]) -> Encoder:
+def selection(name: str, version: Optional[int] = None, hash: Optional[HashLike] = None) -> bytes:
+    """``name`` and the selector that ``version`` or ``hash`` (or neither,
+    for the latest) make: the content of ``Fetch`` and ``Stat``, and one
+    ``FetchItem`` of ``FetchMany``. Raises ValueError for both at once, or
+    for a version or hash that cannot be encoded."""
+    e = Encoder().string(name)
     if version is not None and hash is not None:
         raise ValueError("choose a version or a hash, not both")
     if version is not None:
-        return e.varint(_VERSION).varint(version)
-    if hash is not None:
-        return e.varint(_HASH).raw(parse_hash(hash))
-    return e.varint(_LATEST)
+        e.varint(_VERSION).varint(version)
+    elif hash is not None:
+        e.varint(_HASH).raw(parse_hash(hash))
+    else:
+        e.varint(_LATEST)
+    return e.bytes()
 
 
-def hello_request(client_name: str) -> bytes:
-    return Encoder().varint(_HELLO).u32(PROTOCOL_VERSION).string(client_name).bytes()
+def item_selection(item: FetchItem) -> bytes:
+    """The :func:`selection` of one :data:`FetchItem`."""
+    if isinstance(item, str):
+        return selection(item)
+    if not isinstance(item, tuple) or len(item) != 2 or not isinstance(item[0], str):
+        raise TypeError("a fetch_many item is a name or a (name, version or hash) pair, not %r" % (item,))
+    name, selector = item
+    if selector is None:
+        return selection(name)
+    if isinstance(selector, bool) or not isinstance(selector, (int, bytes, bytearray, memoryview, str)):
+        raise TypeError("select %r by a version number or a hash, not %r" % (name, selector))
+    if isinstance(selector, int):
+        return selection(name, version=selector)
+    return selection(name, hash=selector)
+
+
+def hello_request(client_name: str, version: int) -> bytes:
+    return Encoder().varint(_HELLO).u32(version).string(client_name).bytes()
 
 
 def publish_request(name: str, size: int, with_descriptor: bool) -> bytes:
@@ -135,12 +187,28 @@ def publish_request(name: str, size: int, with_descriptor: bool) -> bytes:
     return Encoder().varint(_PUBLISH).string(name).varint(size).varint(source).bytes()
 
 
-def fetch_request(name: str, version: Optional[int], hash: Optional[HashLike]) -> bytes:
-    return _selector(Encoder().varint(_FETCH).string(name), version, hash).bytes()
+def fetch_request(picked: bytes) -> bytes:
+    """A fetch of the :func:`selection` ``picked``."""
+    return Encoder().varint(_FETCH).raw(picked).bytes()
 
 
-def stat_request(name: str, version: Optional[int], hash: Optional[HashLike]) -> bytes:
-    return _selector(Encoder().varint(_STAT).string(name), version, hash).bytes()
+def stat_request(picked: bytes) -> bytes:
+    """A stat of the :func:`selection` ``picked``."""
+    return Encoder().varint(_STAT).raw(picked).bytes()
+
+
+def fetch_many_request(items: Sequence[bytes]) -> bytes:
+    """A batch fetch of these :func:`selection` items, in order."""
+    e = Encoder().varint(_FETCH_MANY).varint(len(items))
+    for picked in items:
+        e.raw(picked)
+    return e.bytes()
+
+
+#: The most bytes a ``FetchMany`` frame adds to its items: the fd_count
+#: byte, the variant index and the item count (a varint of up to 3 bytes
+#: for any count a frame can carry).
+FETCH_MANY_OVERHEAD = 5
 
 
 def list_request(prefix: str, start_after: Optional[str]) -> bytes:
@@ -167,10 +235,16 @@ def watch_request(prefix: str) -> bytes:
 
 
 class Response:
-    """A decoded response. ``FDS`` is how many descriptors its frame carries."""
+    """A decoded response. ``FDS`` is how many descriptors its frame
+    carries, for the kinds where that is fixed; :meth:`fd_count` says it
+    for this one."""
 
     FDS: ClassVar[int] = 0
     KIND: ClassVar[str] = ""
+
+    def fd_count(self) -> int:
+        """How many descriptors the frame of this response must carry."""
+        return self.FDS
 
     @classmethod
     def decode(cls, d: Decoder) -> Response:
@@ -188,6 +262,19 @@ class Welcome(Response):
     @classmethod
     def decode(cls, d: Decoder) -> Response:
         return cls(d.u32(), d.string(), Limits.decode(d))
+
+
+@dataclass(frozen=True)
+class Greeting(Welcome):
+    """The answer to a version-2 hello: a :class:`Welcome` and the
+    session's limits."""
+
+    KIND = "greeting"
+    session: SessionLimits
+
+    @classmethod
+    def decode(cls, d: Decoder) -> Response:
+        return cls(d.u32(), d.string(), Limits.decode(d), SessionLimits.decode(d))
 
 
 @dataclass(frozen=True)
@@ -257,7 +344,7 @@ class ErrorReply(Response):
     message: str
 
     @classmethod
-    def decode(cls, d: Decoder) -> Response:
+    def decode(cls, d: Decoder) -> ErrorReply:
         return cls(d.u32(), d.string())
 
 
@@ -283,7 +370,39 @@ class EventReply(Response):
         return cls(Event(_EVENT_KINDS[index], AssetInfo.decode(d)))
 
 
+#: FetchResult variant indices (section 6.3).
+_FOUND, _FAILED = 0, 1
+
+
+def _fetch_result(d: Decoder) -> Union[AssetInfo, ErrorReply]:
+    index = d.u32()
+    if index == _FOUND:
+        return AssetInfo.decode(d)
+    if index == _FAILED:
+        return ErrorReply.decode(d)
+    raise ProtocolError("unknown fetch result variant %d (is the daemon newer than this client?)" % index)
+
+
+@dataclass(frozen=True)
+class Assets(Response):
+    """The answer to a batch fetch: one result per item, in the order
+    asked; a descriptor rides on the frame for each :class:`AssetInfo`."""
+
+    KIND = "assets"
+    items: List[Union[AssetInfo, ErrorReply]]
+
+    def fd_count(self) -> int:
+        return sum(isinstance(item, AssetInfo) for item in self.items)
+
+    @classmethod
+    def decode(cls, d: Decoder) -> Response:
+        return cls(d.vec(_fetch_result))
+
+
 #: Response variants in wire order: the index of each is its variant index.
+#: The two that only a resolver receives (Resolving, Wanted) are left out:
+#: this client never asks to resolve, so either one is as unexpected as an
+#: unknown variant.
 RESPONSES: Sequence[Type[Response]] = (
     Welcome,
     Continue,
@@ -296,6 +415,8 @@ RESPONSES: Sequence[Type[Response]] = (
     ErrorReply,
     Watching,
     EventReply,
+    Greeting,
+    Assets,
 )
 
 

@@ -125,7 +125,12 @@ class Decoder:
         raise ProtocolError("malformed reply: option tag %d" % tag)
 
     def vec(self, read: Callable[[Decoder], T]) -> List[T]:
-        return [read(self) for _ in range(self.u64())]
+        count = self.u64()
+        # Every element of the protocol's vectors takes at least one byte,
+        # so a count beyond the bytes left is a lie, refused before looping.
+        if count > len(self.data) - self.pos:
+            raise ProtocolError("malformed reply: %d element(s) declared in fewer bytes" % count)
+        return [read(self) for _ in range(count)]
 
     def finish(self) -> None:
         extra = len(self.data) - self.pos

@@ -7,12 +7,13 @@ The binary is ``$MEMSEALD`` or ``target/debug/memseald`` of this checkout
 from __future__ import annotations
 
 import os
+import resource
 import socket
 import subprocess
 import tempfile
 import time
 from pathlib import Path
-from typing import List, Optional, Sequence
+from typing import Callable, List, Optional, Sequence
 
 #: The repository's root directory.
 ROOT = Path(__file__).resolve().parents[3]
@@ -25,10 +26,30 @@ def memseald_binary() -> Path:
     return path
 
 
-class Daemon:
-    """A running memseald on a socket in its own temporary directory."""
+def _limit_descriptors(nofile: int) -> Callable[[], None]:
+    """What the child runs before exec to get RLIMIT_NOFILE ``nofile``."""
 
-    def __init__(self, args: Sequence[str] = (), wrapper: Sequence[str] = (), socket_path: Optional[Path] = None):
+    def limit() -> None:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (nofile, nofile))
+
+    return limit
+
+
+class Daemon:
+    """A running memseald on a socket in its own temporary directory.
+
+    ``descriptor_limit`` starts it with that RLIMIT_NOFILE (soft and hard),
+    which decides, with ``--max-connections``, how many descriptors each
+    connection may leave unread and so how many items a batch may name.
+    """
+
+    def __init__(
+        self,
+        args: Sequence[str] = (),
+        wrapper: Sequence[str] = (),
+        socket_path: Optional[Path] = None,
+        descriptor_limit: Optional[int] = None,
+    ):
         self._dir = tempfile.TemporaryDirectory(prefix="memseal-py-")
         self.dir = Path(self._dir.name)
         if wrapper:
@@ -45,9 +66,15 @@ class Daemon:
         self.log = self.dir / "memseald.log"
         env = {k: v for k, v in os.environ.items() if k not in ("MEMSEAL_SOCKET", "NOTIFY_SOCKET", "LISTEN_FDS")}
         command: List[str] = [*wrapper, str(memseald_binary()), "--socket", str(self.socket), "--config", str(config)]
+        limit = None if descriptor_limit is None else _limit_descriptors(descriptor_limit)
         with open(self.log, "wb") as log:
             self.process = subprocess.Popen(
-                [*command, *args], stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=log, env=env
+                [*command, *args],
+                stdin=subprocess.DEVNULL,
+                stdout=subprocess.DEVNULL,
+                stderr=log,
+                env=env,
+                preexec_fn=limit,
             )
         self._wait_until_serving()
 

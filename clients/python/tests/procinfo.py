@@ -6,6 +6,7 @@ Shared by the tests and the benchmark (bench/python/workers.py).
 from __future__ import annotations
 
 import os
+from typing import Dict
 
 
 def mapped_inode(inode: int) -> int:
@@ -71,3 +72,16 @@ def mapping_rss_kib(inode: int) -> int:
             elif current and fields[0] == "Rss:":
                 total += int(fields[1])
     return total
+
+
+def open_descriptors() -> Dict[int, str]:
+    """Every descriptor this process holds open, with what it refers to
+    (``/memfd:memseal (deleted)``, ``socket:[123]``...), to compare before
+    and after and to name what leaked."""
+    held = {}
+    for entry in os.listdir("/proc/self/fd"):
+        try:
+            held[int(entry)] = os.readlink("/proc/self/fd/" + entry)
+        except OSError:
+            pass  # the descriptor of the listing itself, closed by now
+    return held

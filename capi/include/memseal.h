@@ -10,9 +10,10 @@
  * - Return codes. MEMSEAL_OK (0) on success, a negative MEMSEAL_E_* code
  *   on failure. memseal_last_error() then says what went wrong, in words
  *   meant for people; memseal_strerror() names a code.
- * - Out-parameters. A required one (`out`) is set to NULL first, so after
- *   a failure it is NULL, never stale. Optional ones (`version_out`,
- *   `removed_out`) may be NULL.
+ * - Out-parameters. A required one (`out`, or each entry of an array such
+ *   as `assets_out`) is set to NULL first, so after a failure it is NULL,
+ *   never stale. Optional ones (`version_out`, `removed_out`,
+ *   `messages_out`) may be NULL.
  * - NULL. A required pointer that is NULL is refused with
  *   MEMSEAL_E_BAD_ARGUMENT; accessors given NULL return NULL, 0 or -1; the
  *   *_free and *_close functions ignore NULL. No call ever crashes on NULL.
@@ -193,6 +194,45 @@ typedef struct memseal_listing memseal_listing;
 typedef struct memseal_watcher memseal_watcher;
 
 /**
+ * What one connection may do at most, as the daemon announced it when
+ * the client connected. Read-only for the caller.
+ */
+typedef struct {
+    /**
+     * Descriptors the connection may leave unread before the daemon holds
+     * back further replies that carry one.
+     */
+    uint32_t max_unread_descriptors;
+    /**
+     * Items one request of `memseal_fetch_many` may name; the library
+     * splits a longer array into several requests.
+     */
+    uint32_t max_fetch_many;
+} memseal_session_limits;
+
+/**
+ * One item of `memseal_fetch_many`, filled in by the caller: a name and
+ * which of its versions. Set at most one of `version` and `hash`; with
+ * neither (a zero-initialised item with only `name` set) the item asks
+ * for the latest version.
+ */
+typedef struct {
+    /**
+     * The asset's name, NUL-terminated. Required.
+     */
+    const char *name;
+    /**
+     * The version to fetch, or 0 for none in particular.
+     */
+    uint64_t version;
+    /**
+     * The content hash to fetch (`MEMSEAL_HASH_LEN` bytes), or NULL for
+     * none in particular.
+     */
+    const uint8_t *hash;
+} memseal_fetch_item;
+
+/**
  * One version of one asset, as the daemon describes it. Read-only for the
  * caller; the library owns `name`.
  */
@@ -358,6 +398,20 @@ const char *memseal_client_socket_path(const memseal_client *client);
 const char *memseal_client_server(const memseal_client *client);
 
 /**
+ * What the connection may do at most, as the daemon announced it when
+ * the client connected (owned by the client): descriptors left unread,
+ * and how many items one request of `memseal_fetch_many` may name. NULL
+ * if `client` is NULL, or if the daemon speaks only protocol version 1
+ * (then `memseal_fetch_many` asks for one item per round trip).
+ *
+ * Thread safety: safe from any thread while the client is open.
+ *
+ * # Safety
+ * `client` is NULL or an open client.
+ */
+const memseal_session_limits *memseal_client_session_limits(const memseal_client *client);
+
+/**
  * Fetch the latest version of `name`: the daemon hands over a descriptor,
  * the library checks that it is sealed against writing, growing and
  * shrinking and of the announced size, and maps it read-only. Stores the
@@ -399,6 +453,52 @@ int memseal_fetch_hash(memseal_client *client,
                        const char *name,
                        const uint8_t *hash,
                        memseal_asset **out);
+
+/**
+ * Fetch `count` items (at least 1) at once: each is a name and a version,
+ * a content hash, or neither for the latest (see `memseal_fetch_item`).
+ * The library asks for up to `max_fetch_many` items per round trip (see
+ * `memseal_client_session_limits`) and splits a longer array itself; each
+ * asset is checked and mapped exactly as `memseal_fetch` does, and the
+ * same name may appear more than once.
+ *
+ * Item `i`'s result goes to `assets_out[i]` and `codes_out[i]`: the asset
+ * and MEMSEAL_OK, or NULL and the code of that item's failure
+ * (MEMSEAL_E_NOT_FOUND, MEMSEAL_E_INVALID_NAME, MEMSEAL_E_VERIFY, ...),
+ * which leaves the other items and the client as they are. Free each
+ * asset with `memseal_asset_free`. Unless `messages_out` is NULL,
+ * `messages_out[i]` is NULL for an item fetched, or says in words why it
+ * failed; those strings belong to the library and stay valid until this
+ * thread calls `memseal_fetch_many` again. Failed items do not change
+ * `memseal_last_error`: the call itself succeeded.
+ *
+ * The call itself fails only for what is no single item's doing: an
+ * argument refused with MEMSEAL_E_BAD_ARGUMENT (NULL `client`, `items`,
+ * `assets_out` or `codes_out`, a `count` of 0, an item whose `name` is
+ * NULL or that sets both `version` and `hash`; nothing is sent then), or
+ * a failure of the connection (MEMSEAL_E_IO, MEMSEAL_E_TIMEOUT,
+ * MEMSEAL_E_PROTOCOL, MEMSEAL_E_CONNECTION_LOST, ...). Then every
+ * `assets_out[i]` is NULL (assets that an earlier round trip of the call
+ * brought are released), every `codes_out[i]` holds the call's code, and
+ * `memseal_last_error` says what happened.
+ *
+ * Thread safety: safe from any thread; calls on one client take turns,
+ * and the whole batch is one turn.
+ *
+ * # Safety
+ * `client` is NULL or an open client; `items` is NULL or points to
+ * `count` items, each `name` NULL or a NUL-terminated string and each
+ * `hash` NULL or pointing to `MEMSEAL_HASH_LEN` bytes; `assets_out` and
+ * `codes_out` are NULL or point to `count` writable entries each, and so
+ * is `messages_out` unless it is NULL; none of the arrays overlaps
+ * another.
+ */
+int memseal_fetch_many(memseal_client *client,
+                       const memseal_fetch_item *items,
+                       size_t count,
+                       memseal_asset **assets_out,
+                       int *codes_out,
+                       const char **messages_out);
 
 /**
  * The asset's bytes: `memseal_asset_len` of them, read-only (writing to

@@ -11,6 +11,10 @@
  *     client.publish("tables/primes", std::string_view("\2\3\5\7", 4));
  *     memseal::asset primes = client.fetch("tables/primes");
  *     for (std::uint8_t p : primes) std::printf("%u\n", p);
+ *
+ *     // Many at once: one result per item, each an asset or its own error.
+ *     for (memseal::fetched &f : client.fetch_many({{"fonts/regular"}, {"fonts/bold", 2}}))
+ *         if (f) std::printf("%zu bytes\n", f.value().size());
  */
 #ifndef MEMSEAL_HPP
 #define MEMSEAL_HPP
@@ -23,6 +27,7 @@
 #include <string>
 #include <string_view>
 #include <utility>
+#include <vector>
 
 namespace memseal {
 
@@ -81,6 +86,42 @@ private:
     memseal_asset *raw_;
 };
 
+/** One item of client::fetch_many: a name, and a version or a content
+ *  hash to select (neither: the latest version). */
+struct fetch_item {
+    std::string name;
+    std::uint64_t version = 0;           ///< the version to fetch, or 0
+    const std::uint8_t *hash = nullptr;  ///< MEMSEAL_HASH_LEN bytes, or null
+};
+
+/** What client::fetch_many gives for one item: its asset, or the error
+ *  that failed this item alone. */
+class fetched {
+public:
+    /** True if the item was fetched. */
+    bool ok() const noexcept { return code_ == MEMSEAL_OK; }
+    explicit operator bool() const noexcept { return ok(); }
+    /** MEMSEAL_OK, or the MEMSEAL_E_* code of the item's failure. */
+    int code() const noexcept { return code_; }
+    /** Why the item failed; empty if it did not. */
+    const std::string &message() const noexcept { return message_; }
+    /** The asset; throws memseal::error with the item's code if it failed. */
+    memseal::asset &value() {
+        if (!ok()) {
+            throw error(code_, message_.c_str());
+        }
+        return asset_;
+    }
+
+private:
+    friend class client;
+    fetched(memseal::asset fetched_asset, int code, std::string message)
+        : asset_(std::move(fetched_asset)), code_(code), message_(std::move(message)) {}
+    memseal::asset asset_;
+    int code_;
+    std::string message_;
+};
+
 /** A connection to memseald. */
 class client {
 public:
@@ -115,6 +156,46 @@ public:
         memseal_asset *raw = nullptr;
         detail::check(memseal_fetch_version(raw_, name.c_str(), version, &raw));
         return asset(raw);
+    }
+
+    /**
+     * Every item at once, in as few round trips as the daemon allows: one
+     * result per item, in order. An item that fails (not found, an invalid
+     * name, ...) fails alone; throws only when the call as a whole fails
+     * (no items, or a failure of the connection).
+     */
+    std::vector<fetched> fetch_many(const std::vector<fetch_item> &items) {
+        std::vector<memseal_fetch_item> raw_items;
+        raw_items.reserve(items.size());
+        for (const fetch_item &item : items) {
+            raw_items.push_back({item.name.c_str(), item.version, item.hash});
+        }
+        std::vector<memseal_asset *> raw_assets(items.size());
+        std::vector<int> codes(items.size());
+        std::vector<const char *> messages(items.size());
+        // Allocated before the call, so that once the assets are ours
+        // only building the messages can throw, and then the assets are
+        // already owned by `assets`, which frees them.
+        std::vector<asset> assets;
+        assets.reserve(items.size());
+        std::vector<fetched> results;
+        results.reserve(items.size());
+        detail::check(memseal_fetch_many(raw_, raw_items.data(), raw_items.size(),
+                                         raw_assets.data(), codes.data(), messages.data()));
+        for (memseal_asset *raw : raw_assets) {
+            assets.push_back(asset(raw));
+        }
+        for (std::size_t i = 0; i < items.size(); i++) {
+            results.push_back(
+                fetched(std::move(assets[i]), codes[i], messages[i] ? messages[i] : ""));
+        }
+        return results;
+    }
+
+    /** What this connection may do at most (see memseal_client_session_limits);
+     *  null from a daemon that speaks only protocol version 1. */
+    const memseal_session_limits *session_limits() const noexcept {
+        return memseal_client_session_limits(raw_);
     }
 
     /** Publish bytes as the next version of name; returns that version. */

@@ -1,11 +1,13 @@
 //! The edge of every call from C: panics are caught here, failures become
-//! codes, and each thread keeps the message of its last failure.
+//! codes, and each thread keeps the message of its last failure (and those
+//! of the items that failed in its last batch fetch).
 
 use crate::codes::{Failure, MEMSEAL_E_LIBRARY, MEMSEAL_OK};
 use std::any::Any;
 use std::cell::RefCell;
 use std::ffi::{c_char, c_int, CStr, CString};
 use std::panic::{self, AssertUnwindSafe};
+use std::ptr;
 
 /// What `last_error` gives before any call on the thread has failed.
 const NO_ERROR: &CStr = c"";
@@ -13,6 +15,9 @@ const NO_ERROR: &CStr = c"";
 thread_local! {
     /// The message of this thread's last failed call.
     static LAST_ERROR: RefCell<Option<CString>> = const { RefCell::new(None) };
+    /// The messages of the items that failed in this thread's last batch
+    /// fetch, which that call handed out as pointers.
+    static ITEM_ERRORS: RefCell<Vec<CString>> = const { RefCell::new(Vec::new()) };
 }
 
 /// Run the body of an entry point that returns a code: `MEMSEAL_OK`, or
@@ -54,6 +59,31 @@ pub(crate) fn last_error() -> *const c_char {
             None => NO_ERROR.as_ptr(),
         })
         .unwrap_or(NO_ERROR.as_ptr())
+}
+
+/// Keep the messages of a batch's items for this thread, in place of the
+/// previous batch's, and give a pointer to each (NULL for an item that
+/// has none). The pointers stay valid until this thread's next batch
+/// fetch.
+pub(crate) fn keep_item_errors(messages: Vec<Option<&str>>) -> Vec<*const c_char> {
+    let kept: Vec<Option<CString>> = messages
+        .into_iter()
+        .map(|message| message.map(|m| c_string(m.as_bytes())))
+        .collect();
+    // A CString's bytes stay where they are when the CString moves, so
+    // the pointers taken here hold once the strings are in the slot.
+    let pointers = kept
+        .iter()
+        .map(|message| message.as_ref().map_or(ptr::null(), |m| m.as_ptr()))
+        .collect();
+    let stored =
+        ITEM_ERRORS.try_with(|slot| *slot.borrow_mut() = kept.into_iter().flatten().collect());
+    match stored {
+        Ok(()) => pointers,
+        // During thread teardown the slot may be gone: no messages, the
+        // codes still tell.
+        Err(_) => vec![ptr::null(); pointers.len()],
+    }
 }
 
 /// The failure reported for a panic caught at the boundary.
@@ -110,6 +140,22 @@ mod tests {
         );
         assert_eq!(call(|| Ok(())), MEMSEAL_OK);
         assert_eq!(last(), "no such thing");
+    }
+
+    #[test]
+    fn item_errors_are_kept_until_the_next_batch() {
+        let pointers = keep_item_errors(vec![None, Some("gone"), Some("bad\0name")]);
+        assert!(pointers[0].is_null());
+        ITEM_ERRORS.with(|slot| {
+            let kept = slot.borrow();
+            let kept: Vec<(*const c_char, &str)> = kept
+                .iter()
+                .map(|m| (m.as_ptr(), m.to_str().unwrap()))
+                .collect();
+            assert_eq!(kept, [(pointers[1], "gone"), (pointers[2], "bad?name")]);
+        });
+        assert_eq!(keep_item_errors(vec![None]), [ptr::null()]);
+        ITEM_ERRORS.with(|slot| assert!(slot.borrow().is_empty()));
     }
 
     #[test]

@@ -7,11 +7,11 @@
 //! that hold for all of them are in the crate documentation.
 
 use crate::boundary::{self, call, value};
-use crate::codes::{self, Failure, MEMSEAL_E_INVALID_NAME};
+use crate::codes::{self, Failure, MEMSEAL_E_INVALID_NAME, MEMSEAL_E_LIBRARY, MEMSEAL_OK};
 use crate::handles::{
-    memseal_asset, memseal_client, memseal_listing, memseal_watcher, ConnectRequest,
+    memseal_asset, memseal_client, memseal_listing, memseal_watcher, Batch, ConnectRequest,
 };
-use crate::info::{memseal_event, memseal_info};
+use crate::info::{memseal_event, memseal_fetch_item, memseal_info, memseal_session_limits};
 use crate::raw;
 use memseal::Selector;
 use std::ffi::{c_char, c_int, CStr, OsStr};
@@ -255,6 +255,28 @@ pub unsafe extern "C" fn memseal_client_server(client: *const memseal_client) ->
     unsafe { accessor(client, ptr::null(), |c| c.server().as_ptr()) }
 }
 
+/// What the connection may do at most, as the daemon announced it when
+/// the client connected (owned by the client): descriptors left unread,
+/// and how many items one request of `memseal_fetch_many` may name. NULL
+/// if `client` is NULL, or if the daemon speaks only protocol version 1
+/// (then `memseal_fetch_many` asks for one item per round trip).
+///
+/// Thread safety: safe from any thread while the client is open.
+///
+/// # Safety
+/// `client` is NULL or an open client.
+#[no_mangle]
+pub unsafe extern "C" fn memseal_client_session_limits(
+    client: *const memseal_client,
+) -> *const memseal_session_limits {
+    let limits = |c: &memseal_client| {
+        c.session_limits()
+            .map_or(ptr::null(), |l| l as *const memseal_session_limits)
+    };
+    // SAFETY: the contract above, passed on.
+    unsafe { accessor(client, ptr::null(), limits) }
+}
+
 // --------------------------------------------------------------- fetching
 
 /// Fetch the latest version of `name`: the daemon hands over a descriptor,
@@ -339,6 +361,159 @@ unsafe fn fetch(
         out.set(raw::into_handle(asset));
         Ok(())
     })
+}
+
+/// Fetch `count` items (at least 1) at once: each is a name and a version,
+/// a content hash, or neither for the latest (see `memseal_fetch_item`).
+/// The library asks for up to `max_fetch_many` items per round trip (see
+/// `memseal_client_session_limits`) and splits a longer array itself; each
+/// asset is checked and mapped exactly as `memseal_fetch` does, and the
+/// same name may appear more than once.
+///
+/// Item `i`'s result goes to `assets_out[i]` and `codes_out[i]`: the asset
+/// and MEMSEAL_OK, or NULL and the code of that item's failure
+/// (MEMSEAL_E_NOT_FOUND, MEMSEAL_E_INVALID_NAME, MEMSEAL_E_VERIFY, ...),
+/// which leaves the other items and the client as they are. Free each
+/// asset with `memseal_asset_free`. Unless `messages_out` is NULL,
+/// `messages_out[i]` is NULL for an item fetched, or says in words why it
+/// failed; those strings belong to the library and stay valid until this
+/// thread calls `memseal_fetch_many` again. Failed items do not change
+/// `memseal_last_error`: the call itself succeeded.
+///
+/// The call itself fails only for what is no single item's doing: an
+/// argument refused with MEMSEAL_E_BAD_ARGUMENT (NULL `client`, `items`,
+/// `assets_out` or `codes_out`, a `count` of 0, an item whose `name` is
+/// NULL or that sets both `version` and `hash`; nothing is sent then), or
+/// a failure of the connection (MEMSEAL_E_IO, MEMSEAL_E_TIMEOUT,
+/// MEMSEAL_E_PROTOCOL, MEMSEAL_E_CONNECTION_LOST, ...). Then every
+/// `assets_out[i]` is NULL (assets that an earlier round trip of the call
+/// brought are released), every `codes_out[i]` holds the call's code, and
+/// `memseal_last_error` says what happened.
+///
+/// Thread safety: safe from any thread; calls on one client take turns,
+/// and the whole batch is one turn.
+///
+/// # Safety
+/// `client` is NULL or an open client; `items` is NULL or points to
+/// `count` items, each `name` NULL or a NUL-terminated string and each
+/// `hash` NULL or pointing to `MEMSEAL_HASH_LEN` bytes; `assets_out` and
+/// `codes_out` are NULL or point to `count` writable entries each, and so
+/// is `messages_out` unless it is NULL; none of the arrays overlaps
+/// another.
+#[no_mangle]
+pub unsafe extern "C" fn memseal_fetch_many(
+    client: *mut memseal_client,
+    items: *const memseal_fetch_item,
+    count: usize,
+    assets_out: *mut *mut memseal_asset,
+    codes_out: *mut c_int,
+    messages_out: *mut *const c_char,
+) -> c_int {
+    call(|| {
+        if count == 0 {
+            return Err(Failure::bad_argument("count must be at least 1"));
+        }
+        // Every entry is reset before any argument is refused, so that
+        // after a failure the caller finds NULL assets and the call's code
+        // in each entry. A panic caught at the boundary leaves
+        // MEMSEAL_E_LIBRARY, the code the call then returns.
+        // SAFETY: the contract above.
+        let (assets_out, codes_out, messages_out) = unsafe {
+            (
+                raw::opt_out_array(assets_out, count, "assets_out", ptr::null_mut())?,
+                raw::opt_out_array(codes_out, count, "codes_out", MEMSEAL_E_LIBRARY)?,
+                raw::opt_out_array(messages_out, count, "messages_out", ptr::null())?,
+            )
+        };
+        let codes_out = codes_out.ok_or_else(|| Failure::null("codes_out"))?;
+        let outcome = match assets_out {
+            // SAFETY: the contract above, passed on.
+            Some(assets_out) => unsafe {
+                fetch_many(client, items, assets_out, codes_out, messages_out)
+            },
+            None => Err(Failure::null("assets_out")),
+        };
+        if let Err(failure) = &outcome {
+            codes_out.fill(failure.code);
+        }
+        outcome
+    })
+}
+
+/// The work of `memseal_fetch_many` once its result arrays are reset: on
+/// success every result written, on failure nothing handed out.
+///
+/// # Safety
+/// As for `memseal_fetch_many`, with the arrays' length as `count`.
+unsafe fn fetch_many(
+    client: *mut memseal_client,
+    items: *const memseal_fetch_item,
+    assets_out: &mut [*mut memseal_asset],
+    codes_out: &mut [c_int],
+    messages_out: Option<&mut [*const c_char]>,
+) -> Result<(), Failure> {
+    let count = codes_out.len();
+    // SAFETY: the caller's contract.
+    let (client, requests) = unsafe { batch(client, items, count)? };
+    let results = client.fetch_many(requests)?;
+    // From here on nothing fails: every asset reaches the caller.
+    if let Some(messages_out) = messages_out {
+        let messages = results
+            .iter()
+            .map(|result| result.as_ref().err().map(|f| f.message.as_str()))
+            .collect();
+        messages_out.copy_from_slice(&boundary::keep_item_errors(messages));
+    }
+    for ((result, asset_out), code_out) in results.into_iter().zip(assets_out).zip(codes_out) {
+        match result {
+            Ok(asset) => {
+                *asset_out = raw::into_handle(asset);
+                *code_out = MEMSEAL_OK;
+            }
+            Err(failure) => *code_out = failure.code,
+        }
+    }
+    Ok(())
+}
+
+/// The client and the requests of `memseal_fetch_many`, read from its
+/// arguments. A NULL name, or an item that sets both a version and a
+/// hash, fails the whole call; a name that is not UTF-8 fails only its
+/// item (without being sent), as the daemon fails an invalid name.
+///
+/// # Safety
+/// As for `memseal_fetch_many`.
+unsafe fn batch<'a>(
+    client: *mut memseal_client,
+    items: *const memseal_fetch_item,
+    count: usize,
+) -> Result<(&'a memseal_client, Batch<'a>), Failure> {
+    // SAFETY: the caller's contract.
+    let (client, items) = unsafe {
+        (
+            raw::handle(client, "client")?,
+            raw::array(items, count, "items")?,
+        )
+    };
+    let mut requests = Vec::with_capacity(items.len());
+    for (i, item) in items.iter().enumerate() {
+        let what = format!("items[{i}].name");
+        // SAFETY: the caller's contract for each item's pointers.
+        let name = unsafe { raw::c_str(item.name, &what)? };
+        let selector = match (item.version, item.hash.is_null()) {
+            (0, true) => Selector::Latest,
+            (version, true) => Selector::Version(version),
+            // SAFETY: the caller's contract for each item's pointers.
+            (0, false) => Selector::Hash(unsafe { raw::hash(item.hash, "hash")? }),
+            (_, false) => {
+                return Err(Failure::bad_argument(format!(
+                    "items[{i}] sets both a version and a hash; set at most one"
+                )))
+            }
+        };
+        requests.push(text(name, &what).map(|name| (name, selector)));
+    }
+    Ok((client, requests))
 }
 
 // ----------------------------------------------------------------- assets
@@ -475,7 +650,7 @@ pub unsafe extern "C" fn memseal_publish_bytes(
     version_out: *mut u64,
 ) -> c_int {
     // SAFETY: the contract above.
-    let bytes = || unsafe { raw::bytes(data, len, "data") };
+    let bytes = || unsafe { raw::array(data, len, "data") };
     // SAFETY: the contract above, passed on.
     unsafe {
         publish(client, name, version_out, |client, name| {

@@ -7,9 +7,9 @@
 //! lock and the client reports a lost connection from then on.
 
 use crate::boundary::c_string;
-use crate::codes::Failure;
-use crate::info::{memseal_event, memseal_info};
-use memseal::{Asset, AssetInfo, Client, ConnectOptions, Selector, Watcher};
+use crate::codes::{Failure, MEMSEAL_E_PROTOCOL};
+use crate::info::{memseal_event, memseal_info, memseal_session_limits};
+use memseal::{Asset, AssetInfo, Client, ConnectOptions, Error, MapOptions, Selector, Watcher};
 use std::ffi::CString;
 use std::fs::File;
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, RawFd};
@@ -17,12 +17,18 @@ use std::path::Path;
 use std::sync::{Mutex, MutexGuard};
 use std::time::Duration;
 
+/// The items of a batch fetch, in the caller's order: each a name and a
+/// selector to send, or the failure of an item that cannot be sent.
+pub(crate) type Batch<'a> = Vec<Result<(&'a str, Selector), Failure>>;
+
 /// A connection to memseald.
 #[allow(non_camel_case_types)]
 pub struct memseal_client {
     client: Mutex<Client>,
     socket_path: CString,
     server: CString,
+    /// None from a daemon that speaks only protocol version 1.
+    session_limits: Option<memseal_session_limits>,
 }
 
 /// How `memseal_connect_ex` was asked to connect.
@@ -54,6 +60,7 @@ impl memseal_client {
         Ok(memseal_client {
             socket_path: c_string(client.socket_path().as_os_str().as_encoded_bytes()),
             server: c_string(client.server().as_bytes()),
+            session_limits: client.session_limits().map(memseal_session_limits::new),
             client: Mutex::new(client),
         })
     }
@@ -68,6 +75,12 @@ impl memseal_client {
         &self.server
     }
 
+    /// What the connection may do at most, as the daemon announced it;
+    /// None from a daemon that speaks only protocol version 1.
+    pub(crate) fn session_limits(&self) -> Option<&memseal_session_limits> {
+        self.session_limits.as_ref()
+    }
+
     /// This client's connection, once no other thread uses it.
     fn lock(&self) -> Result<MutexGuard<'_, Client>, Failure> {
         lock(&self.client)
@@ -76,6 +89,37 @@ impl memseal_client {
     pub(crate) fn fetch(&self, name: &str, selector: Selector) -> Result<memseal_asset, Failure> {
         let asset = self.lock()?.fetch_with(name, selector)?;
         Ok(memseal_asset::new(asset))
+    }
+
+    /// Fetch many items, each as `fetch` would, in as few round trips as
+    /// the daemon's limit allows: one result per item, in order. An item
+    /// that already failed here (a name that is not UTF-8) is not sent and
+    /// keeps its failure. The outer error is the connection's (or the
+    /// daemon's refusal of the request as a whole).
+    pub(crate) fn fetch_many(
+        &self,
+        items: Batch<'_>,
+    ) -> Result<Vec<Result<memseal_asset, Failure>>, Failure> {
+        let sent: Vec<(&str, Selector)> = items
+            .iter()
+            .filter_map(|item| item.as_ref().ok().copied())
+            .collect();
+        let answers = self.lock()?.fetch_many(&sent, &MapOptions::new())?;
+        let answers = answers
+            .into_iter()
+            .map(|answer| match answer {
+                Ok(asset) => Ok(Ok(memseal_asset::new(asset))),
+                // What the daemon refused, or a descriptor that failed the
+                // checks: this item's alone, and the client stays usable.
+                Err(e @ (Error::Server { .. } | Error::Verify(_))) => Ok(Err(Failure::from(e))),
+                // The connection failed under this item (a daemon of
+                // protocol version 1 is asked one item per round trip):
+                // the whole call's failure, as in a batch.
+                Err(e) => Err(Failure::from(e)),
+            })
+            .collect::<Result<_, _>>()?;
+        let unsent = items.into_iter().map(Result::err).collect();
+        rejoin(unsent, answers)
     }
 
     pub(crate) fn publish_bytes(&self, name: &str, bytes: &[u8]) -> Result<AssetInfo, Failure> {
@@ -203,6 +247,36 @@ impl memseal_watcher {
     }
 }
 
+/// The results of a batch in the caller's order: each item that was not
+/// sent (`Some` failure in `unsent`) keeps its failure, and the others
+/// take the answers in turn. An answer for every item sent, no more and no
+/// fewer, or the daemon broke the protocol (and the assets are released).
+fn rejoin<T>(
+    unsent: Vec<Option<Failure>>,
+    answers: Vec<Result<T, Failure>>,
+) -> Result<Vec<Result<T, Failure>>, Failure> {
+    let expected = unsent.iter().filter(|item| item.is_none()).count();
+    if answers.len() != expected {
+        return Err(Failure::new(
+            MEMSEAL_E_PROTOCOL,
+            format!(
+                "the daemon answered a batch of {expected} items with {} results",
+                answers.len()
+            ),
+        ));
+    }
+    let mut answers = answers.into_iter();
+    Ok(unsent
+        .into_iter()
+        .map(|item| match item {
+            Some(failure) => Err(failure),
+            None => answers
+                .next()
+                .expect("one answer per item sent, counted above"),
+        })
+        .collect())
+}
+
 /// A descriptor of the caller's, duplicated so that the library can own it.
 fn duplicate(fd: BorrowedFd<'_>) -> Result<File, Failure> {
     let owned = fd.try_clone_to_owned().map_err(|e| {
@@ -221,4 +295,61 @@ fn lock<T>(mutex: &Mutex<T>) -> Result<MutexGuard<'_, T>, Failure> {
     mutex
         .lock()
         .map_err(|_| Failure::from(memseal::Error::ConnectionLost))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::codes::{MEMSEAL_E_INVALID_NAME, MEMSEAL_E_NOT_FOUND};
+
+    fn not_found() -> Failure {
+        Failure::new(MEMSEAL_E_NOT_FOUND, "no such name")
+    }
+
+    fn codes<T>(results: &[Result<T, Failure>]) -> Vec<Option<i32>> {
+        results
+            .iter()
+            .map(|r| r.as_ref().err().map(|f| f.code))
+            .collect()
+    }
+
+    #[test]
+    fn rejoin_puts_unsent_failures_back_in_their_places() {
+        let unsent = vec![
+            Some(Failure::new(MEMSEAL_E_INVALID_NAME, "not UTF-8")),
+            None,
+            None,
+            Some(Failure::new(MEMSEAL_E_INVALID_NAME, "not UTF-8")),
+            None,
+        ];
+        let answers = vec![Ok(1), Err(not_found()), Ok(3)];
+        let results = rejoin(unsent, answers).unwrap();
+        assert_eq!(
+            codes(&results),
+            [
+                Some(MEMSEAL_E_INVALID_NAME),
+                None,
+                Some(MEMSEAL_E_NOT_FOUND),
+                Some(MEMSEAL_E_INVALID_NAME),
+                None
+            ]
+        );
+        assert_eq!(results[1].as_ref().ok(), Some(&1));
+        assert_eq!(results[4].as_ref().ok(), Some(&3));
+    }
+
+    #[test]
+    fn rejoin_refuses_a_batch_answered_with_too_many_or_too_few_results() {
+        for answers in [vec![Ok(1)], vec![Ok(1), Ok(2), Ok(3)]] {
+            let failure = rejoin(vec![None, None], answers).unwrap_err();
+            assert_eq!(failure.code, MEMSEAL_E_PROTOCOL, "{}", failure.message);
+        }
+    }
+
+    #[test]
+    fn rejoin_of_nothing_sent_needs_no_answer() {
+        let unsent = vec![Some(not_found())];
+        let results = rejoin::<()>(unsent, Vec::new()).unwrap();
+        assert_eq!(codes(&results), [Some(MEMSEAL_E_NOT_FOUND)]);
+    }
 }

@@ -1,8 +1,11 @@
-//! The structures C reads directly: what the daemon says about a version
-//! (`memseal_info`) and a change seen by a watch (`memseal_event`).
+//! The structures C reads or fills in directly: what the daemon says about
+//! a version (`memseal_info`), a change seen by a watch (`memseal_event`),
+//! what a connection may do (`memseal_session_limits`), and one item of a
+//! batch fetch (`memseal_fetch_item`).
 
 use crate::boundary::c_string;
 use crate::codes::MEMSEAL_HASH_LEN;
+use memseal::proto::SessionLimits;
 use memseal::{AssetInfo, Event};
 use std::ffi::{c_char, c_int};
 
@@ -70,4 +73,44 @@ impl memseal_event {
             info: memseal_info::new(info),
         }
     }
+}
+
+/// What one connection may do at most, as the daemon announced it when
+/// the client connected. Read-only for the caller.
+#[repr(C)]
+#[allow(non_camel_case_types)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct memseal_session_limits {
+    /// Descriptors the connection may leave unread before the daemon holds
+    /// back further replies that carry one.
+    pub max_unread_descriptors: u32,
+    /// Items one request of `memseal_fetch_many` may name; the library
+    /// splits a longer array into several requests.
+    pub max_fetch_many: u32,
+}
+
+impl memseal_session_limits {
+    pub(crate) fn new(limits: &SessionLimits) -> memseal_session_limits {
+        memseal_session_limits {
+            max_unread_descriptors: limits.max_unread_descriptors,
+            max_fetch_many: limits.max_fetch_many,
+        }
+    }
+}
+
+/// One item of `memseal_fetch_many`, filled in by the caller: a name and
+/// which of its versions. Set at most one of `version` and `hash`; with
+/// neither (a zero-initialised item with only `name` set) the item asks
+/// for the latest version.
+#[repr(C)]
+#[allow(non_camel_case_types)]
+#[derive(Debug, Clone, Copy)]
+pub struct memseal_fetch_item {
+    /// The asset's name, NUL-terminated. Required.
+    pub name: *const c_char,
+    /// The version to fetch, or 0 for none in particular.
+    pub version: u64,
+    /// The content hash to fetch (`MEMSEAL_HASH_LEN` bytes), or NULL for
+    /// none in particular.
+    pub hash: *const u8,
 }

@@ -27,8 +27,9 @@
 //!   one; the protocol's codes keep their wire order.
 //! - [`handles`]: the objects behind the opaque handles (client, asset,
 //!   list, watcher) and the work of each call, in safe Rust.
-//! - [`info`]: the structures C reads directly (`memseal_info`,
-//!   `memseal_event`).
+//! - [`info`]: the structures C reads or fills in directly
+//!   (`memseal_info`, `memseal_event`, `memseal_session_limits`,
+//!   `memseal_fetch_item`).
 //!
 //! # The path of a fetch
 //!
@@ -38,6 +39,12 @@
 //! `memseal_asset` whose pointer C receives; `memseal_asset_data` borrows
 //! the mapping, and `memseal_asset_free` drops it, which unmaps and closes.
 //! The asset holds no reference to the client, so it outlives it.
+//!
+//! `memseal_fetch_many` reads its items into names and selectors, hands
+//! them to `Client::fetch_many` under one turn of the lock (the Rust
+//! client splits them into requests of at most `max_fetch_many` items and
+//! verifies each descriptor as a single fetch does), and writes one asset
+//! or one code per item into the caller's arrays.
 //!
 //! # Building and installing
 //!

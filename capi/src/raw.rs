@@ -36,30 +36,68 @@ pub(crate) unsafe fn opt_c_str<'a>(ptr: *const c_char) -> Option<&'a CStr> {
     Some(unsafe { CStr::from_ptr(ptr) })
 }
 
-/// A buffer of `len` bytes. NULL is allowed for an empty buffer.
+/// An array of `len` values: a buffer of bytes, the items of a batch.
+/// NULL is allowed for an empty array.
 ///
 /// # Safety
-/// `ptr` is NULL or points to `len` readable bytes, valid and unchanged
-/// for `'a`.
-pub(crate) unsafe fn bytes<'a>(
-    ptr: *const u8,
+/// `ptr` is NULL or points to `len` initialised values of type `T`,
+/// readable and unchanged for `'a`.
+pub(crate) unsafe fn array<'a, T>(
+    ptr: *const T,
     len: usize,
     what: &str,
-) -> Result<&'a [u8], Failure> {
+) -> Result<&'a [T], Failure> {
     if len == 0 {
         return Ok(&[]);
     }
     if ptr.is_null() {
         return Err(Failure::null(what));
     }
-    if isize::try_from(len).is_err() {
-        return Err(Failure::bad_argument(format!(
-            "{what}: {len} bytes is not a possible length"
-        )));
-    }
-    // SAFETY: not NULL, `len` fits an isize, and the bytes are readable
-    // and unchanged for 'a by the caller's promise.
+    possible_length::<T>(len, what)?;
+    // SAFETY: not NULL, aligned and initialised (a `T *` from C), `len`
+    // values span at most isize::MAX bytes (checked above), and they are
+    // readable and unchanged for 'a by the caller's promise.
     Ok(unsafe { slice::from_raw_parts(ptr, len) })
+}
+
+/// An array of `len` results for the caller, or None for NULL. Every
+/// entry is set to `empty` at once, so that after a failure the caller
+/// finds NULL (or 0) in each, never a stale value.
+///
+/// # Safety
+/// `ptr` is NULL or points to writable storage for `len` values of type
+/// `T`, used by nothing else (no other argument either) for `'a`.
+pub(crate) unsafe fn opt_out_array<'a, T: Copy>(
+    ptr: *mut T,
+    len: usize,
+    what: &str,
+    empty: T,
+) -> Result<Option<&'a mut [T]>, Failure> {
+    if ptr.is_null() {
+        return Ok(None);
+    }
+    possible_length::<T>(len, what)?;
+    for i in 0..len {
+        // SAFETY: within the `len` writable entries the caller promised;
+        // `write` neither reads nor drops what was there, which may be
+        // uninitialised memory.
+        unsafe { ptr.add(i).write(empty) };
+    }
+    // SAFETY: not NULL, aligned (a `T *` from C), every entry initialised
+    // just above, at most isize::MAX bytes (checked above), and used by
+    // nothing else for 'a by the caller's promise.
+    Ok(Some(unsafe { slice::from_raw_parts_mut(ptr, len) }))
+}
+
+/// Refuse a length no array in memory can have (more than isize::MAX
+/// bytes), which `slice::from_raw_parts` must never be given.
+fn possible_length<T>(len: usize, what: &str) -> Result<(), Failure> {
+    match len.checked_mul(size_of::<T>()).map(isize::try_from) {
+        Some(Ok(_)) => Ok(()),
+        _ => Err(Failure::bad_argument(format!(
+            "{what}: a length of {len} is not possible"
+        ))),
+    }
 }
 
 /// A content hash: `MEMSEAL_HASH_LEN` bytes.

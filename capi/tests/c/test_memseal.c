@@ -132,13 +132,20 @@ static void test_null_arguments(void) {
     CHECK_CODE(memseal_watch(NULL, "", &watcher), MEMSEAL_E_BAD_ARGUMENT);
     memseal_event *event = NULL;
     CHECK_CODE(memseal_watch_next(NULL, 0, &event), MEMSEAL_E_BAD_ARGUMENT);
+    memseal_fetch_item item = {.name = "x"};
+    int code = MEMSEAL_OK;
+    asset = (memseal_asset *)&asset;
+    CHECK_CODE(memseal_fetch_many(NULL, &item, 1, &asset, &code, NULL), MEMSEAL_E_BAD_ARGUMENT);
+    CHECK(asset == NULL && code == MEMSEAL_E_BAD_ARGUMENT,
+          "fetch_many without a client left its results unset");
 
     CHECK(memseal_asset_data(NULL) == NULL && memseal_asset_len(NULL) == 0 &&
               memseal_asset_version(NULL) == 0 && memseal_asset_name(NULL) == NULL &&
               memseal_asset_hash(NULL) == NULL && memseal_asset_info(NULL) == NULL &&
               memseal_asset_fd(NULL) == -1,
           "an accessor did not answer NULL with its neutral value");
-    CHECK(memseal_client_socket_path(NULL) == NULL && memseal_client_server(NULL) == NULL,
+    CHECK(memseal_client_socket_path(NULL) == NULL && memseal_client_server(NULL) == NULL &&
+              memseal_client_session_limits(NULL) == NULL,
           "client accessors on NULL");
     CHECK(memseal_listing_len(NULL) == 0 && memseal_listing_get(NULL, 0) == NULL, "list on NULL");
     CHECK(memseal_watch_fd(NULL) == -1, "watch_fd(NULL)");
@@ -451,10 +458,330 @@ static void test_watch(memseal_client *client) {
     memseal_watch_close(watcher);
 }
 
+/* ------------------------------------------------------------ fetch many */
+
+#define MANY 64
+#define MANY_SEED 100u
+
+static char many_names[MANY][32];
+
+/* The size of batch asset `i`: from empty to about 256 KiB. */
+static size_t many_len(size_t i) { return i * 4099; }
+
+/* Publish the MANY assets the batch tests fetch. */
+static void publish_many(memseal_client *client) {
+    for (size_t i = 0; i < MANY; i++) {
+        snprintf(many_names[i], sizeof many_names[i], "ctest/many/%02zu", i);
+        CHECK(publish_pattern(client, many_names[i], many_len(i), MANY_SEED + (unsigned)i) >= 1,
+              "publish %s", many_names[i]);
+    }
+}
+
+/* The arrays of one batch of `count` items, freed by free_batch. */
+struct batch {
+    size_t count;
+    memseal_fetch_item *items;
+    memseal_asset **assets;
+    int *codes;
+    const char **messages;
+};
+
+static struct batch new_batch(size_t count) {
+    struct batch b = {
+        .count = count,
+        .items = calloc(count, sizeof *b.items),
+        .assets = calloc(count, sizeof *b.assets),
+        .codes = calloc(count, sizeof *b.codes),
+        .messages = calloc(count, sizeof *b.messages),
+    };
+    if (!b.items || !b.assets || !b.codes || !b.messages) {
+        fprintf(stderr, "out of memory\n");
+        exit(2);
+    }
+    return b;
+}
+
+static int fetch_batch(memseal_client *client, struct batch *b) {
+    return memseal_fetch_many(client, b->items, b->count, b->assets, b->codes, b->messages);
+}
+
+/* Free every asset the batch holds, and its arrays. */
+static void free_batch(struct batch *b) {
+    for (size_t i = 0; i < b->count; i++) {
+        memseal_asset_free(b->assets[i]);
+    }
+    free(b->items);
+    free(b->assets);
+    free(b->codes);
+    free(b->messages);
+}
+
+/* Item `i` of a batch was fetched and is batch asset `which`. */
+static void check_many_item(const struct batch *b, size_t i, size_t which) {
+    CHECK(b->codes[i] == MEMSEAL_OK && b->assets[i] != NULL && b->messages[i] == NULL,
+          "item %zu: code %d (%s), message '%s'", i, b->codes[i], memseal_strerror(b->codes[i]),
+          b->messages[i] ? b->messages[i] : "(none)");
+    if (b->assets[i] != NULL) {
+        CHECK(strcmp(memseal_asset_name(b->assets[i]), many_names[which]) == 0,
+              "item %zu is '%s'", i, memseal_asset_name(b->assets[i]));
+        CHECK(holds_pattern(b->assets[i], many_len(which), MANY_SEED + (unsigned)which),
+              "item %zu: the bytes of %s differ", i, many_names[which]);
+    }
+}
+
+static void test_session_limits(memseal_client *client) {
+    const memseal_session_limits *limits = memseal_client_session_limits(client);
+    CHECK(limits != NULL, "memseald announced no session limits");
+    if (limits != NULL) {
+        CHECK(limits->max_fetch_many >= 1 &&
+                  limits->max_fetch_many <= limits->max_unread_descriptors,
+              "max_fetch_many %u, max_unread_descriptors %u", limits->max_fetch_many,
+              limits->max_unread_descriptors);
+        CHECK(memseal_client_session_limits(client) == limits, "the limits moved");
+    }
+}
+
+/* MANY assets in one call: each identical to what a single fetch gives. */
+static void test_fetch_many_all(memseal_client *client) {
+    struct batch b = new_batch(MANY);
+    for (size_t i = 0; i < MANY; i++) {
+        b.items[i].name = many_names[i];
+    }
+    CHECK_OK(fetch_batch(client, &b));
+    for (size_t i = 0; i < MANY; i++) {
+        check_many_item(&b, i, i);
+        memseal_asset *single = NULL;
+        CHECK_OK(memseal_fetch(client, many_names[i], &single));
+        if (b.assets[i] == NULL || single == NULL) {
+            memseal_asset_free(single);
+            continue;
+        }
+        const memseal_info *batched = memseal_asset_info(b.assets[i]);
+        const memseal_info *alone = memseal_asset_info(single);
+        CHECK(batched->version == alone->version && batched->size == alone->size &&
+                  batched->published_ms == alone->published_ms &&
+                  batched->publisher_uid == alone->publisher_uid &&
+                  memcmp(batched->hash, alone->hash, MEMSEAL_HASH_LEN) == 0,
+              "item %zu: the batch and a single fetch describe %s differently", i, many_names[i]);
+        CHECK(memseal_asset_len(b.assets[i]) == memseal_asset_len(single) &&
+                  memcmp(memseal_asset_data(b.assets[i]), memseal_asset_data(single),
+                         memseal_asset_len(single)) == 0,
+              "item %zu: the batch and a single fetch hold different bytes", i);
+        CHECK(harness_check_sealed(b.assets[i]) == 0, "item %zu is not sealed read-only", i);
+        memseal_asset_free(single);
+    }
+    free_batch(&b);
+}
+
+/* Items that fail, each alone, among items that succeed. */
+static void test_fetch_many_failures(memseal_client *client) {
+    /* The thread's last error, which per-item failures must leave alone. */
+    memseal_asset *none = NULL;
+    CHECK_CODE(memseal_fetch(client, "ctest/many-marker", &none), MEMSEAL_E_NOT_FOUND);
+    char before[512];
+    snprintf(before, sizeof before, "%s", memseal_last_error());
+
+    uint8_t unknown_hash[MEMSEAL_HASH_LEN];
+    memset(unknown_hash, 0x5a, sizeof unknown_hash);
+    struct batch b = new_batch(8);
+    b.items[0] = (memseal_fetch_item){.name = many_names[3]};
+    b.items[1] = (memseal_fetch_item){.name = "ctest/many-missing"};
+    b.items[2] = (memseal_fetch_item){.name = many_names[4], .version = 1000};
+    b.items[3] = (memseal_fetch_item){.name = many_names[5], .hash = unknown_hash};
+    b.items[4] = (memseal_fetch_item){.name = "a//b"};
+    b.items[5] = (memseal_fetch_item){.name = "\xff\xfe"};
+    b.items[6] = (memseal_fetch_item){.name = many_names[6]};
+    b.items[7] = (memseal_fetch_item){.name = many_names[3]}; /* twice in one batch */
+    CHECK_OK(fetch_batch(client, &b));
+    check_many_item(&b, 0, 3);
+    check_many_item(&b, 6, 6);
+    check_many_item(&b, 7, 3);
+    CHECK(b.assets[0] != b.assets[7], "one asset handle given out for two items");
+    const int want[] = {MEMSEAL_E_NOT_FOUND, MEMSEAL_E_NOT_FOUND, MEMSEAL_E_NOT_FOUND,
+                        MEMSEAL_E_INVALID_NAME, MEMSEAL_E_INVALID_NAME};
+    for (size_t i = 1; i <= 5; i++) {
+        CHECK(b.codes[i] == want[i - 1], "item %zu: code %d (%s), expected %d (%s)", i,
+              b.codes[i], memseal_strerror(b.codes[i]), want[i - 1],
+              memseal_strerror(want[i - 1]));
+        CHECK(b.assets[i] == NULL, "item %zu failed but has an asset", i);
+        CHECK(b.messages[i] != NULL && b.messages[i][0] != '\0', "item %zu failed without words",
+              i);
+    }
+    CHECK(b.messages[1] != NULL && strstr(b.messages[1], "ctest/many-missing") != NULL,
+          "the message '%s' does not name the missing asset", b.messages[1]);
+    CHECK(b.messages[5] != NULL && strstr(b.messages[5], "items[5].name") != NULL,
+          "the message '%s' does not name the item that is not UTF-8", b.messages[5]);
+    CHECK(strcmp(memseal_last_error(), before) == 0,
+          "failed items replaced the thread's last error with '%s'", memseal_last_error());
+
+    /* The messages outlive other calls, up to the next batch. */
+    memseal_asset *single = NULL;
+    CHECK_CODE(memseal_fetch(client, "ctest/many-missing-too", &single), MEMSEAL_E_NOT_FOUND);
+    CHECK(strstr(b.messages[1], "ctest/many-missing") != NULL, "the message changed");
+
+    /* Without messages_out, the same codes. */
+    for (size_t i = 0; i < b.count; i++) {
+        memseal_asset_free(b.assets[i]);
+    }
+    CHECK_OK(memseal_fetch_many(client, b.items, b.count, b.assets, b.codes, NULL));
+    CHECK(b.codes[0] == MEMSEAL_OK && b.codes[1] == MEMSEAL_E_NOT_FOUND &&
+              b.codes[5] == MEMSEAL_E_INVALID_NAME && b.codes[6] == MEMSEAL_OK,
+          "the codes differ without messages_out");
+    free_batch(&b);
+
+    /* Only failures: still a successful call. */
+    b = new_batch(2);
+    b.items[0].name = "ctest/many-missing";
+    b.items[1].name = "\xff";
+    CHECK_OK(fetch_batch(client, &b));
+    CHECK(b.codes[0] == MEMSEAL_E_NOT_FOUND && b.codes[1] == MEMSEAL_E_INVALID_NAME &&
+              b.assets[0] == NULL && b.assets[1] == NULL,
+          "a batch of failures: codes %d and %d", b.codes[0], b.codes[1]);
+    free_batch(&b);
+}
+
+/* Versions and hashes select exactly what a single fetch would. */
+static void test_fetch_many_selectors(memseal_client *client) {
+    const char *name = "ctest/many-versions";
+    uint64_t v1 = publish_pattern(client, name, 5000, 201);
+    uint64_t v2 = publish_pattern(client, name, 7000, 202);
+    memseal_asset *first = NULL, *second = NULL;
+    CHECK_OK(memseal_fetch_version(client, name, v1, &first));
+    CHECK_OK(memseal_fetch_version(client, name, v2, &second));
+    if (first == NULL || second == NULL) {
+        memseal_asset_free(first);
+        memseal_asset_free(second);
+        return;
+    }
+    struct batch b = new_batch(6);
+    b.items[0] = (memseal_fetch_item){.name = name, .version = v1};
+    b.items[1] = (memseal_fetch_item){.name = name, .hash = memseal_asset_hash(first)};
+    b.items[2] = (memseal_fetch_item){.name = name};
+    b.items[3] = (memseal_fetch_item){.name = name, .version = v2};
+    b.items[4] = (memseal_fetch_item){.name = name, .hash = memseal_asset_hash(second)};
+    b.items[5] = (memseal_fetch_item){.name = name, .version = v2 + 1};
+    CHECK_OK(fetch_batch(client, &b));
+    const uint64_t want_version[] = {v1, v1, v2, v2, v2};
+    for (size_t i = 0; i < 5; i++) {
+        CHECK(b.codes[i] == MEMSEAL_OK && b.assets[i] != NULL, "item %zu: code %d (%s)", i,
+              b.codes[i], memseal_strerror(b.codes[i]));
+        if (b.assets[i] == NULL) {
+            continue;
+        }
+        CHECK(memseal_asset_version(b.assets[i]) == want_version[i],
+              "item %zu is version %llu, expected %llu", i,
+              (unsigned long long)memseal_asset_version(b.assets[i]),
+              (unsigned long long)want_version[i]);
+        int old = want_version[i] == v1;
+        CHECK(holds_pattern(b.assets[i], old ? 5000 : 7000, old ? 201 : 202),
+              "item %zu: the bytes differ", i);
+    }
+    CHECK(b.codes[5] == MEMSEAL_E_NOT_FOUND, "a version not yet published: code %d", b.codes[5]);
+    free_batch(&b);
+
+    /* A version and a hash at once: refused before anything is sent. */
+    b = new_batch(2);
+    b.items[0] = (memseal_fetch_item){.name = name};
+    b.items[1] =
+        (memseal_fetch_item){.name = name, .version = v1, .hash = memseal_asset_hash(first)};
+    CHECK_CODE(fetch_batch(client, &b), MEMSEAL_E_BAD_ARGUMENT);
+    CHECK(strstr(memseal_last_error(), "items[1]") != NULL,
+          "the refusal '%s' does not name the item", memseal_last_error());
+    CHECK(b.assets[0] == NULL && b.assets[1] == NULL && b.codes[0] == MEMSEAL_E_BAD_ARGUMENT &&
+              b.codes[1] == MEMSEAL_E_BAD_ARGUMENT,
+          "a refused call left results behind");
+    free_batch(&b);
+    memseal_asset_free(first);
+    memseal_asset_free(second);
+}
+
+/* More items than one request may name: the library splits them. */
+static void test_fetch_many_split(memseal_client *client) {
+    const memseal_session_limits *limits = memseal_client_session_limits(client);
+    size_t per_request = limits ? limits->max_fetch_many : 1;
+    struct batch b = new_batch(2 * per_request + 3);
+    for (size_t i = 0; i < b.count; i++) {
+        /* Every name, some of them several times, one missing. */
+        b.items[i].name = i == per_request ? "ctest/many-missing" : many_names[(i * 7) % MANY];
+    }
+    CHECK_OK(fetch_batch(client, &b));
+    for (size_t i = 0; i < b.count; i++) {
+        if (i == per_request) {
+            CHECK(b.codes[i] == MEMSEAL_E_NOT_FOUND && b.assets[i] == NULL,
+                  "item %zu (missing): code %d", i, b.codes[i]);
+        } else {
+            check_many_item(&b, i, (i * 7) % MANY);
+        }
+    }
+    free_batch(&b);
+}
+
+/* Refused arguments: the documented code, results reset, nothing sent. */
+static void test_fetch_many_arguments(memseal_client *client) {
+    memseal_fetch_item items[2] = {{.name = many_names[1]}, {.name = many_names[2]}};
+    memseal_asset *assets[2] = {(memseal_asset *)&items, (memseal_asset *)&items};
+    int codes[2] = {12345, 12345};
+    const char *messages[2] = {"stale", "stale"};
+
+    CHECK_CODE(memseal_fetch_many(client, NULL, 2, assets, codes, messages),
+               MEMSEAL_E_BAD_ARGUMENT);
+    CHECK(assets[0] == NULL && assets[1] == NULL && codes[0] == MEMSEAL_E_BAD_ARGUMENT &&
+              codes[1] == MEMSEAL_E_BAD_ARGUMENT && messages[0] == NULL && messages[1] == NULL,
+          "NULL items: the results were not reset");
+    CHECK(strstr(memseal_last_error(), "items") != NULL, "message '%s'", memseal_last_error());
+
+    codes[0] = codes[1] = 12345;
+    CHECK_CODE(memseal_fetch_many(client, items, 2, NULL, codes, NULL), MEMSEAL_E_BAD_ARGUMENT);
+    CHECK(codes[0] == MEMSEAL_E_BAD_ARGUMENT && codes[1] == MEMSEAL_E_BAD_ARGUMENT,
+          "NULL assets_out: codes %d, %d", codes[0], codes[1]);
+    CHECK(strstr(memseal_last_error(), "assets_out") != NULL, "message '%s'",
+          memseal_last_error());
+
+    assets[0] = assets[1] = (memseal_asset *)&items;
+    CHECK_CODE(memseal_fetch_many(client, items, 2, assets, NULL, NULL), MEMSEAL_E_BAD_ARGUMENT);
+    CHECK(assets[0] == NULL && assets[1] == NULL, "NULL codes_out: the assets were not reset");
+    CHECK(strstr(memseal_last_error(), "codes_out") != NULL, "message '%s'",
+          memseal_last_error());
+
+    assets[0] = (memseal_asset *)&items;
+    codes[0] = 12345;
+    CHECK_CODE(memseal_fetch_many(client, items, 0, assets, codes, NULL), MEMSEAL_E_BAD_ARGUMENT);
+    CHECK(assets[0] == (memseal_asset *)&items && codes[0] == 12345,
+          "a count of 0 wrote results");
+    CHECK(strstr(memseal_last_error(), "count") != NULL, "message '%s'", memseal_last_error());
+    CHECK_CODE(memseal_fetch_many(client, NULL, 0, NULL, NULL, NULL), MEMSEAL_E_BAD_ARGUMENT);
+
+    items[1].name = NULL;
+    CHECK_CODE(memseal_fetch_many(client, items, 2, assets, codes, NULL), MEMSEAL_E_BAD_ARGUMENT);
+    CHECK(strstr(memseal_last_error(), "items[1].name") != NULL, "message '%s'",
+          memseal_last_error());
+    CHECK(assets[0] == NULL && codes[0] == MEMSEAL_E_BAD_ARGUMENT,
+          "a NULL name: item 0 was fetched all the same");
+
+    /* None of that was sent, or cost the connection. */
+    items[1].name = many_names[2];
+    CHECK_OK(memseal_fetch_many(client, items, 2, assets, codes, NULL));
+    CHECK(codes[0] == MEMSEAL_OK && codes[1] == MEMSEAL_OK, "after the refusals: codes %d, %d",
+          codes[0], codes[1]);
+    memseal_asset_free(assets[0]);
+    memseal_asset_free(assets[1]);
+}
+
+static void test_fetch_many(memseal_client *client) {
+    test_session_limits(client);
+    publish_many(client);
+    test_fetch_many_all(client);
+    test_fetch_many_failures(client);
+    test_fetch_many_selectors(client);
+    test_fetch_many_split(client);
+    test_fetch_many_arguments(client);
+}
+
 /* Threads: each has its own last error, and one client serves all. */
 struct worker {
     memseal_client *client;
     int fetched;
+    int batches;
     int own_error_kept;
 };
 
@@ -472,6 +799,22 @@ static void *worker_main(void *arg) {
     }
     w->own_error_kept = strstr(memseal_last_error(), "threads/missing") != NULL ||
                         strstr(memseal_last_error(), "not found") != NULL;
+    /* Batches take turns with the other threads' calls; each thread keeps
+     * its own item messages. */
+    memseal_fetch_item items[2] = {{.name = SHARED_NAME}, {.name = "ctest/threads/missing"}};
+    for (int i = 0; i < 5; i++) {
+        memseal_asset *assets[2];
+        int codes[2];
+        const char *messages[2];
+        if (memseal_fetch_many(w->client, items, 2, assets, codes, messages) == MEMSEAL_OK &&
+            codes[0] == MEMSEAL_OK && holds_pattern(assets[0], SHARED_LEN, SHARED_SEED) &&
+            codes[1] == MEMSEAL_E_NOT_FOUND && messages[0] == NULL &&
+            strstr(messages[1], "threads/missing") != NULL) {
+            w->batches++;
+        }
+        memseal_asset_free(assets[0]);
+        memseal_asset_free(assets[1]);
+    }
     return NULL;
 }
 
@@ -491,6 +834,8 @@ static void test_threads(memseal_client *client) {
         pthread_join(threads[i], NULL);
         CHECK(workers[i].fetched == 20, "thread %d fetched %d of 20", i, workers[i].fetched);
         CHECK(workers[i].own_error_kept, "thread %d lost its own last error", i);
+        CHECK(workers[i].batches == 5, "thread %d fetched %d of 5 batches", i,
+              workers[i].batches);
     }
     CHECK(strcmp(memseal_last_error(), mine) == 0,
           "another thread's failure replaced this thread's last error");
@@ -508,6 +853,7 @@ static void run_publisher(void) {
     test_stream_ends_early();
     test_catalog(client);
     test_watch(client);
+    test_fetch_many(client);
     test_threads(client);
     memseal_close(client);
 }
@@ -523,6 +869,17 @@ static void run_user(void) {
           "the publisher's asset differs");
     CHECK(harness_check_sealed(shared) == 0, "not sealed read-only for a plain user");
     memseal_asset_free(shared);
+
+    memseal_fetch_item items[2] = {{.name = "ctest/never-published"}, {.name = SHARED_NAME}};
+    memseal_asset *assets[2];
+    int codes[2];
+    CHECK_OK(memseal_fetch_many(client, items, 2, assets, codes, NULL));
+    CHECK(codes[0] == MEMSEAL_E_NOT_FOUND && assets[0] == NULL && codes[1] == MEMSEAL_OK &&
+              holds_pattern(assets[1], SHARED_LEN, SHARED_SEED),
+          "a batch as a plain user: codes %d, %d", codes[0], codes[1]);
+    CHECK(assets[1] == NULL || harness_check_sealed(assets[1]) == 0,
+          "a batch's asset is not sealed read-only for a plain user");
+    memseal_asset_free(assets[1]);
 
     char own[64], other[64];
     snprintf(own, sizeof own, "user/%u/ctest", (unsigned)geteuid());
@@ -548,6 +905,7 @@ static void run_user(void) {
 
 static void run_daemon_down(pid_t daemon) {
     memseal_client *client = connect_or_die();
+    memseal_client *batcher = connect_or_die();
     memseal_asset *asset = NULL;
     CHECK_OK(memseal_fetch(client, SHARED_NAME, &asset));
     CHECK(kill(daemon, SIGTERM) == 0, "kill %d: %s", (int)daemon, strerror(errno));
@@ -577,6 +935,23 @@ static void run_daemon_down(pid_t daemon) {
     CHECK(again == NULL, "out not NULL");
     CHECK_CODE(memseal_fetch(client, SHARED_NAME, &again), MEMSEAL_E_CONNECTION_LOST);
     memseal_close(client);
+
+    /* A batch whose connection fails fails as a whole, every item with it. */
+    memseal_fetch_item items[2] = {{.name = SHARED_NAME}, {.name = SHARED_NAME}};
+    memseal_asset *assets[2];
+    int codes[2];
+    const char *messages[2];
+    code = memseal_fetch_many(batcher, items, 2, assets, codes, messages);
+    CHECK(code == MEMSEAL_E_IO || code == MEMSEAL_E_PROTOCOL,
+          "a batch from a stopped daemon returned %d (%s)", code, memseal_strerror(code));
+    CHECK(assets[0] == NULL && assets[1] == NULL && codes[0] == code && codes[1] == code &&
+              messages[0] == NULL && messages[1] == NULL,
+          "a failed batch: codes %d, %d", codes[0], codes[1]);
+    CHECK_CODE(memseal_fetch_many(batcher, items, 2, assets, codes, messages),
+               MEMSEAL_E_CONNECTION_LOST);
+    CHECK(codes[0] == MEMSEAL_E_CONNECTION_LOST && codes[1] == MEMSEAL_E_CONNECTION_LOST,
+          "codes %d, %d after the connection was lost", codes[0], codes[1]);
+    memseal_close(batcher);
     memseal_asset_free(asset);
 }
 

@@ -1,6 +1,6 @@
 //! Return codes, and how every failure of the Rust client becomes one.
 //!
-//! Codes -1 to -10 are the protocol's error codes (PROTOCOL.md, section
+//! Codes -1 to -11 are the protocol's error codes (PROTOCOL.md, section
 //! 6.3): the code for wire value `v` is `-1 - v`. Codes from -100 down are
 //! failures the library detects on its own side of the socket. Each is
 //! written as that subtraction, which the header shows in parentheses, so
@@ -175,7 +175,7 @@ pub(crate) fn describe(code: c_int) -> &'static CStr {
 mod tests {
     use super::*;
 
-    const ALL_WIRE_CODES: [ErrorCode; 10] = [
+    const ALL_WIRE_CODES: [ErrorCode; 11] = [
         ErrorCode::NotFound,
         ErrorCode::InvalidName,
         ErrorCode::TooLarge,
@@ -186,6 +186,7 @@ mod tests {
         ErrorCode::Internal,
         ErrorCode::UnsupportedVersion,
         ErrorCode::InvalidSource,
+        ErrorCode::Unavailable,
     ];
 
     #[test]

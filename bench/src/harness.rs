@@ -35,17 +35,23 @@ pub enum Part {
     Footprint,
     /// What the client's mapping options, cache and private view buy.
     Options,
+    /// Many assets in one round trip: fetch_many against single fetches.
+    Batch,
+    /// Cost as the catalog, the clients and the restored data grow.
+    Scale,
 }
 
 impl Part {
     /// Every section.
-    pub const ALL: [Part; 6] = [
+    pub const ALL: [Part; 8] = [
         Part::Fetch,
         Part::Compare,
         Part::Memory,
         Part::Publish,
         Part::Footprint,
         Part::Options,
+        Part::Batch,
+        Part::Scale,
     ];
 }
 
@@ -272,13 +278,13 @@ impl Bench {
         let parts = self.options.parts.clone();
         let wanted = |part| parts.contains(&part);
         if wanted(Part::Fetch) {
-            eprintln!("1/6 fetch latency against the floor");
+            eprintln!("1/8 fetch latency against the floor");
             let (fetch, fetch_targets) = scenario::fetch::run(&self)?;
             sections.extend(fetch);
             targets.extend(fetch_targets);
         }
         if wanted(Part::Compare) {
-            eprintln!("2/6 fetch against Redis GET and read()");
+            eprintln!("2/8 fetch against Redis GET and read()");
             let (compare, compare_targets) = scenario::compare::run(&self)?;
             sections.push(compare);
             targets.extend(compare_targets);
@@ -286,24 +292,36 @@ impl Bench {
         // The rest is measured as deployed: no pinning.
         self.place(Placement::Default)?;
         if wanted(Part::Memory) {
-            eprintln!("3/6 memory of many readers");
+            eprintln!("3/8 memory of many readers");
             let (memory, memory_targets) = scenario::memory::run(&self)?;
             sections.push(memory);
             targets.extend(memory_targets);
         }
         if wanted(Part::Publish) {
-            eprintln!("4/6 publish throughput");
+            eprintln!("4/8 publish throughput");
             let (publish, publish_targets) = scenario::publish::run(&self)?;
             sections.push(publish);
             targets.extend(publish_targets);
         }
         if wanted(Part::Footprint) {
-            eprintln!("5/6 daemon footprint and start-up");
+            eprintln!("5/8 daemon footprint and start-up");
             sections.push(scenario::footprint::run(&self)?);
         }
         if wanted(Part::Options) {
-            eprintln!("6/6 what the mapping options buy");
+            eprintln!("6/8 what the mapping options buy");
             sections.extend(scenario::options::run(&self)?);
+        }
+        if wanted(Part::Batch) {
+            eprintln!("7/8 many assets in one round trip");
+            let (batch, batch_targets) = scenario::batch::run(&self)?;
+            sections.push(batch);
+            targets.extend(batch_targets);
+        }
+        if wanted(Part::Scale) {
+            eprintln!("8/8 cost as the work grows");
+            let (scale, scale_targets) = scenario::scale::run(&self)?;
+            sections.extend(scale);
+            targets.extend(scale_targets);
         }
 
         let notes = std::mem::take(&mut self.notes);

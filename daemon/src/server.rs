@@ -21,6 +21,7 @@
 
 use crate::config::Config;
 use crate::connection::{self, Connection};
+use crate::descriptions::SharedKept;
 use crate::policy::Peer;
 use crate::state::State;
 use memseal_proto::codec::encode_response;
@@ -54,6 +55,8 @@ struct Listener {
     config: Arc<Config>,
     admission: Admission,
     unread_limit: connection::UnreadLimit,
+    /// Descriptions connections may keep beyond their own few.
+    kept: Arc<SharedKept>,
     /// One task per connection.
     tasks: JoinSet<()>,
     /// Turns true to tell every connection to finish.
@@ -63,6 +66,7 @@ struct Listener {
 impl Listener {
     fn new(listener: UnixListener, state: Arc<State>, config: Arc<Config>) -> Listener {
         let unread_limit = connection::unread_limit(config.max_connections, descriptor_limit());
+        let kept = SharedKept::for_descriptor_limit(descriptor_limit());
         debug!(
             unread_replies = unread_limit.replies,
             unread_bytes = unread_limit.bytes,
@@ -74,6 +78,7 @@ impl Listener {
             state,
             config,
             unread_limit,
+            kept,
             tasks: JoinSet::new(),
             shutdown: watch::channel(false).0,
         }
@@ -136,6 +141,7 @@ impl Listener {
                 self.state.clone(),
                 self.config.clone(),
                 self.unread_limit,
+                self.kept.clone(),
                 self.shutdown.subscribe(),
             ),
             state: self.state.clone(),

@@ -64,6 +64,10 @@ pub struct FakeSystemd {
     inbox: Arc<Inbox>,
     child: Option<Child>,
     args: Vec<String>,
+    /// The `memseald` it starts.
+    binary: PathBuf,
+    /// The daemon's `MEMSEAL_LOG`.
+    log_level: String,
 }
 
 impl FakeSystemd {
@@ -98,7 +102,21 @@ impl FakeSystemd {
             inbox,
             child: None,
             args: args.iter().map(|s| s.to_string()).collect(),
+            binary: bin("memseald"),
+            log_level: "debug".to_owned(),
         }
+    }
+
+    /// Start `binary` instead of the workspace's `memseald`.
+    pub fn with_binary(mut self, binary: &Path) -> FakeSystemd {
+        self.binary = binary.to_path_buf();
+        self
+    }
+
+    /// Log at `level` (`MEMSEAL_LOG`) instead of `debug`.
+    pub fn with_log_level(mut self, level: &str) -> FakeSystemd {
+        self.log_level = level.to_owned();
+        self
     }
 
     pub fn socket(&self) -> PathBuf {
@@ -133,14 +151,14 @@ impl FakeSystemd {
         command
             .arg("-c")
             .arg(script)
-            .arg(bin("memseald"))
+            .arg(&self.binary)
             .arg("--socket")
             .arg(self.socket())
             .arg("--config")
             .arg(self.dir.join("memseald.toml"))
             .args(&self.args)
             .env("NOTIFY_SOCKET", &self.notify_path)
-            .env("MEMSEAL_LOG", "debug")
+            .env("MEMSEAL_LOG", &self.log_level)
             .env_remove("MEMSEAL_SOCKET")
             .stdin(Stdio::null())
             .stderr(

@@ -433,7 +433,7 @@ for frame in sent:
     let name = |n: &str| n.to_owned();
     let expected = [
         Request::Hello {
-            version: 1,
+            version: memseal_proto::PROTOCOL_VERSION_2,
             client: name("trace-test"),
         },
         Request::Publish {
@@ -608,7 +608,8 @@ def descriptors(kind):
     if kind == "two-fds":
         return [memfd(BODY, WRITE | GROW | SHRINK) for _ in range(2)], len(BODY)
     if kind == "flood":
-        # More than the receiver's control buffer holds: MSG_CTRUNC.
+        # More than the frame declares: all 12 fit the receiver's room
+        # (256, more than one message can carry), so the count is refused.
         return [memfd(BODY, WRITE | GROW | SHRINK) for _ in range(12)], len(BODY)
     raise ValueError(kind)
 
@@ -748,6 +749,9 @@ for kind in ("two-fds", "flood", "stray-fd"):
             || field(&out, "two-fds").contains("2 arrived"),
         "{out}"
     );
-    assert!(field(&out, "flood").contains("truncated"), "{out}");
+    assert!(
+        field(&out, "flood").contains("truncated") || field(&out, "flood").contains("12 arrived"),
+        "{out}"
+    );
     assert!(field(&out, "stray-fd").contains("declared 0"), "{out}");
 }

@@ -2,9 +2,11 @@
 //! the shared [`Bench`](crate::harness::Bench) and returns its table(s) and
 //! the targets it checks.
 
+pub mod batch;
 pub mod compare;
 pub mod fetch;
 pub mod footprint;
 pub mod memory;
 pub mod options;
 pub mod publish;
+pub mod scale;

@@ -26,7 +26,7 @@
 
 use crate::catalog::CatalogError;
 use crate::config::Config;
-use crate::descriptions::Descriptions;
+use crate::descriptions::{Descriptions, SharedKept};
 use crate::policy::{Peer, Write};
 use crate::state::State;
 use crate::sys;
@@ -117,6 +117,7 @@ impl Connection {
         state: Arc<State>,
         config: Arc<Config>,
         unread_limit: UnreadLimit,
+        kept: Arc<SharedKept>,
         shutdown: watch::Receiver<bool>,
     ) -> Self {
         Connection {
@@ -129,7 +130,7 @@ impl Connection {
             unchecked_sends: std::sync::atomic::AtomicUsize::new(0),
             batch_unread: std::sync::atomic::AtomicBool::new(false),
             shutdown,
-            descriptions: Descriptions::default(),
+            descriptions: Descriptions::new(kept),
         }
     }
 

@@ -132,10 +132,13 @@ mod tests {
 
     #[test]
     pub(super) fn unread_bound_fits_the_descriptor_limit() {
-        // The shipped unit: LimitNOFILE=16384 shared by 1024 connections.
-        let unit = unread_limit(1024, 16384);
-        assert_eq!(unit.replies, 8);
-        assert_eq!(unit.bytes, 7 * QUEUED_REPLY_COST);
+        // The shipped unit: LimitNOFILE=262144 shared by 1024 connections.
+        let unit = unread_limit(1024, 262_144);
+        assert_eq!(unit.replies, MAX_UNREAD_REPLIES);
+        // A container's systemd that could only give 16384.
+        let lowered = unread_limit(1024, 16384);
+        assert_eq!(lowered.replies, 8);
+        assert_eq!(lowered.bytes, 7 * QUEUED_REPLY_COST);
         // Few connections, plenty of descriptors: the ceiling.
         assert_eq!(unread_limit(64, 20_000).replies, MAX_UNREAD_REPLIES);
         assert_eq!(unread_limit(1, u64::MAX).replies, MAX_UNREAD_REPLIES);

@@ -269,35 +269,68 @@ pub(crate) fn fetch(name: &str, selector: Selector) -> RoundTrip<(AssetInfo, Own
 
 /// A batch fetch: one result per item, each the metadata and the (not yet
 /// verified) descriptor, or why that item failed.
-pub(crate) fn fetch_many(
-    items: Vec<FetchItem>,
-) -> RoundTrip<Vec<Result<(AssetInfo, OwnedFd), Error>>> {
-    round_trip(Request::FetchMany { items }, |answer| {
-        let answer = answer?;
-        let Response::Assets { items } = answer.message else {
-            return Err(unexpected("assets", &answer.message));
-        };
-        // The codec checked that one descriptor came per item found.
-        let mut fds = answer.batch.into_iter();
-        items
-            .into_iter()
-            .map(|item| match item {
-                FetchResult::Asset(info) => {
-                    let fd = fds
-                        .next()
-                        .ok_or(Error::Protocol(FrameError::DescriptorCount {
-                            declared: 1,
-                            received: 0,
-                        }))?;
-                    Ok(Ok((info, fd)))
-                }
-                FetchResult::Error(reply) => Ok(Err(Error::Server {
-                    code: reply.code,
-                    message: reply.message,
-                })),
-            })
-            .collect()
-    })
+pub(crate) fn fetch_many(items: Vec<FetchItem>) -> FetchMany {
+    FetchMany {
+        asked: items.len(),
+        round_trip: round_trip(Request::FetchMany { items }, |answer| {
+            let answer = answer?;
+            let Response::Assets { items } = answer.message else {
+                return Err(unexpected("assets", &answer.message));
+            };
+            // The codec checked that one descriptor came per item found.
+            let mut fds = answer.batch.into_iter();
+            items
+                .into_iter()
+                .map(|item| match item {
+                    FetchResult::Asset(info) => {
+                        let fd = fds
+                            .next()
+                            .ok_or(Error::Protocol(FrameError::DescriptorCount {
+                                declared: 1,
+                                received: 0,
+                            }))?;
+                        Ok(Ok((info, fd)))
+                    }
+                    FetchResult::Error(reply) => Ok(Err(Error::Server {
+                        code: reply.code,
+                        message: reply.message,
+                    })),
+                })
+                .collect()
+        }),
+    }
+}
+
+/// A batch fetch: a round trip whose answer must hold one result per item
+/// asked, in order; anything else would pin results on the wrong names.
+pub(crate) struct FetchMany {
+    asked: usize,
+    round_trip: RoundTrip<Vec<Result<(AssetInfo, OwnedFd), Error>>>,
+}
+
+impl Operation for FetchMany {
+    type Output = Vec<Result<(AssetInfo, OwnedFd), Error>>;
+
+    fn start(&mut self) -> Step<Self::Output> {
+        self.round_trip.start()
+    }
+
+    fn sent(&mut self, outcome: Result<(), Error>) -> Step<Self::Output> {
+        self.round_trip.sent(outcome)
+    }
+
+    fn received(&mut self, answer: Result<Decoded<Response>, Error>) -> Step<Self::Output> {
+        match self.round_trip.received(answer) {
+            Step::Done(Ok(results)) if results.len() != self.asked => {
+                Step::Done(Err(Error::Protocol(FrameError::Protocol(format!(
+                    "a batch of {} items was answered with {} results",
+                    self.asked,
+                    results.len()
+                )))))
+            }
+            step => step,
+        }
+    }
 }
 
 /// The items of a batch request.

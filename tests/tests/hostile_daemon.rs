@@ -19,7 +19,10 @@
 
 use memseal::proto::codec::{decode_request, encode_response};
 use memseal::proto::wire::{FrameReader, FrameWriter};
-use memseal::proto::{AssetInfo, FrameError, Limits, Request, Response, PROTOCOL_VERSION};
+use memseal::proto::{
+    AssetInfo, FetchResult, FrameError, Limits, Request, Response, SessionLimits, PROTOCOL_VERSION,
+    PROTOCOL_VERSION_2,
+};
 use memseal::{ConnectOptions, Error, MapOptions, Selector, VerifyError};
 use memseal_tests::{bin, is_root, skip};
 use rustix::fs::{fcntl_add_seals, memfd_create, MemfdFlags, SealFlags};
@@ -36,7 +39,7 @@ use std::time::Duration;
 /// The size every fake answer announces.
 const ANNOUNCED: u64 = 8192;
 
-/// How the fake daemon answers one fetch: it writes whatever it likes on
+/// How the fake daemon answers one fetch (or batch): it writes whatever it likes on
 /// the stream and drops its own copies of any descriptor before returning.
 type Answer = Box<dyn Fn(&UnixStream) + Send>;
 
@@ -102,23 +105,37 @@ fn serve(stream: &UnixStream, answer: &Answer, answered: &mpsc::Sender<()>) -> u
         let Ok(request) = decode_request(&frame.payload, frame.fds) else {
             return total;
         };
+        let limits = Limits {
+            max_frame_len: memseal::proto::MAX_FRAME_LEN,
+            max_asset_size: 1 << 30,
+            max_total_bytes: 1 << 30,
+            max_name_len: 255,
+            keep_versions: 1,
+        };
         match request.message {
+            Request::Hello { version, .. } if version >= PROTOCOL_VERSION_2 => send(
+                stream,
+                &Response::Greeting {
+                    version: PROTOCOL_VERSION_2,
+                    server: "fake-memseald".into(),
+                    limits,
+                    session: SessionLimits {
+                        max_unread_descriptors: 8,
+                        max_fetch_many: 8,
+                    },
+                },
+                None,
+            ),
             Request::Hello { .. } => send(
                 stream,
                 &Response::Welcome {
                     version: PROTOCOL_VERSION,
                     server: "fake-memseald".into(),
-                    limits: Limits {
-                        max_frame_len: memseal::proto::MAX_FRAME_LEN,
-                        max_asset_size: 1 << 30,
-                        max_total_bytes: 1 << 30,
-                        max_name_len: 255,
-                        keep_versions: 1,
-                    },
+                    limits,
                 },
                 None,
             ),
-            Request::Fetch { .. } => {
+            Request::Fetch { .. } | Request::FetchMany { .. } => {
                 answer(stream);
                 let _ = answered.send(());
             }
@@ -525,4 +542,55 @@ fn an_impostor_run_by_another_user_is_refused_by_default() {
     );
     impostor.kill().unwrap();
     impostor.wait().unwrap();
+}
+
+/// A batch answered with more or fewer results than items asked: the
+/// results would land on the wrong names, so the whole call fails, and
+/// every descriptor that came with it is closed.
+#[test]
+fn a_batch_answer_with_the_wrong_number_of_results_is_refused() {
+    for (label, results) in [("one too few", 2), ("one too many", 4)] {
+        let name = format!("hostile-batch-{results}");
+        let fake = FakeDaemon::start(Box::new({
+            let name = name.clone();
+            move |stream| {
+                let fds: Vec<OwnedFd> = (0..results)
+                    .map(|_| {
+                        memfd(
+                            &name,
+                            ANNOUNCED as usize,
+                            SealFlags::WRITE | SealFlags::GROW | SealFlags::SHRINK,
+                        )
+                    })
+                    .collect();
+                let items = (0..results)
+                    .map(|_| FetchResult::Asset(info(ANNOUNCED)))
+                    .collect();
+                let frame = encode_response(&Response::Assets { items }).unwrap();
+                let raw: Vec<i32> = fds.iter().map(|fd| fd.as_raw_fd()).collect();
+                stream.send_with_fd(&frame, &raw).unwrap();
+            }
+        }));
+        let mut client = fake.connect().expect("the handshake succeeds");
+        let asked = [
+            ("hostile/a", Selector::Latest),
+            ("hostile/b", Selector::Latest),
+            ("hostile/c", Selector::Latest),
+        ];
+        let err = client
+            .fetch_many(&asked, &MapOptions::new())
+            .expect_err("the batch must fail");
+        fake.wait_answered();
+        eprintln!("[{label}] fetch_many: {err}");
+        assert!(
+            matches!(&err, Error::Protocol(FrameError::Protocol(why)) if why.contains("3 items")),
+            "[{label}] unexpected error: {err:?}"
+        );
+        assert_eq!(
+            mappings_named(&name),
+            0,
+            "[{label}] something stayed mapped"
+        );
+        assert_eq!(open_fds_named(&name), 0, "[{label}] a descriptor was kept");
+    }
 }

@@ -20,7 +20,7 @@
 //! for them up to the grace period.
 
 use crate::config::Config;
-use crate::connection::{self, Connection};
+use crate::connection::{self, Connection, ReadRegistered};
 use crate::descriptions::SharedKept;
 use crate::policy::Peer;
 use crate::state::State;
@@ -130,6 +130,13 @@ impl Listener {
             Ok(slots) => slots,
             Err(busy) => {
                 refuse_busy(&stream, busy);
+                return None;
+            }
+        };
+        let stream = match ReadRegistered::new(stream) {
+            Ok(stream) => stream,
+            Err(e) => {
+                warn!(peer = %peer, "cannot register a new client's socket: {e}");
                 return None;
             }
         };

@@ -3,14 +3,28 @@
 //! socket queries that rustix does not wrap (or, for `SO_PEERCRED`, wraps
 //! unsoundly: its `UCred` holds the pid as a non-zero `Pid`, and the kernel
 //! reports pid 0 for a peer in a PID namespace the daemon cannot see, such
-//! as a client in another container), and taking ownership of
-//! descriptors the service manager passed.
+//! as a client in another container), taking ownership of
+//! descriptors the service manager passed, and registering a socket with
+//! tokio's event loop for one kind of readiness.
 //!
 //! Each function is a small safe wrapper; callers never see a raw pointer.
 //! Nothing here maps a descriptor a client sent (see [`crate::blob`]).
 
 use std::io;
 use std::os::fd::{AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
+use std::os::unix::net::UnixStream;
+use tokio::io::unix::AsyncFd;
+use tokio::io::Interest;
+
+/// Register `stream` with tokio's event loop for `interest` only (tokio's
+/// own `UnixStream` always asks for reading and writing). Needs the
+/// runtime.
+pub fn register(stream: UnixStream, interest: Interest) -> io::Result<AsyncFd<UnixStream>> {
+    // SAFETY: a std `UnixStream` owns its descriptor and returns that same
+    // one from every `as_raw_fd` until it is dropped, which the `AsyncFd`
+    // that owns it does only after deregistering.
+    unsafe { AsyncFd::register_with_interest(stream, interest) }.map_err(io::Error::from)
+}
 
 /// A Unix socket peer's credentials (`SO_PEERCRED`) as they were when it
 /// connected: pid (0 when the peer's PID namespace is not visible from

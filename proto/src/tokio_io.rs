@@ -1,5 +1,5 @@
-//! The wire on a tokio `UnixStream`, for the daemon and the async client
-//! alike (feature `tokio`).
+//! The wire on tokio sockets, for the daemon and the async client alike
+//! (feature `tokio`).
 //!
 //! Each function waits for readiness, then makes progress with the same
 //! system calls as the blocking code ([`wire::receive`], [`FrameWriter`]),
@@ -8,21 +8,63 @@
 //! progress in the [`FrameBuffer`], so a dropped future (a deadline, a
 //! `select!`) loses nothing and the next call resumes the frame.
 //! Deadlines are the caller's: wrap a call in `tokio::time::timeout`.
+//!
+//! They work on any [`Socket`]: tokio's `UnixStream` (the async client),
+//! or the daemon's own, which the event loop watches for reading only (a
+//! socket becomes writable each time its peer reads what was sent, so a
+//! server registered for writing too is woken once more per reply for an
+//! event it has no use for).
 
 use crate::error::FrameError;
 use crate::wire::{self, FrameBuffer, FrameWriter, RawFrame};
 use rustix::net::{send, SendFlags};
+use sendfd::SendWithFd;
+use std::future::Future;
 use std::io;
 use std::os::fd::{AsFd, BorrowedFd};
 use tokio::io::Interest;
 use tokio::net::UnixStream;
 
+/// A non-blocking Unix stream socket known to tokio's event loop: what
+/// the functions of this module need of it.
+pub trait Socket: AsFd + Sync {
+    /// What descriptors are sent through.
+    type Sender: SendWithFd + AsFd;
+
+    /// The socket to send on.
+    fn sender(&self) -> &Self::Sender;
+
+    /// Wait until the socket may be ready for `interest` (one of
+    /// `READABLE` or `WRITABLE`).
+    fn ready(&self, interest: Interest) -> impl Future<Output = io::Result<()>> + Send;
+
+    /// Run the non-blocking call `f` for `interest`; a `WouldBlock` from
+    /// it makes the next [`Socket::ready`] wait for a new event.
+    fn try_io<R>(&self, interest: Interest, f: impl FnOnce() -> io::Result<R>) -> io::Result<R>;
+}
+
+impl Socket for UnixStream {
+    type Sender = UnixStream;
+
+    fn sender(&self) -> &UnixStream {
+        self
+    }
+
+    async fn ready(&self, interest: Interest) -> io::Result<()> {
+        UnixStream::ready(self, interest).await.map(drop)
+    }
+
+    fn try_io<R>(&self, interest: Interest, f: impl FnOnce() -> io::Result<R>) -> io::Result<R> {
+        UnixStream::try_io(self, interest, f)
+    }
+}
+
 /// Receive once: wait until the socket is readable, then one `recvmsg`
 /// into `buffer`. Returns when something arrived (or the peer closed:
 /// an error). Cancel-safe.
-pub async fn receive(stream: &UnixStream, buffer: &mut FrameBuffer) -> Result<(), FrameError> {
+pub async fn receive(stream: &impl Socket, buffer: &mut FrameBuffer) -> Result<(), FrameError> {
     loop {
-        stream.readable().await?;
+        stream.ready(Interest::READABLE).await?;
         // Only an I/O error travels as the `try_io` error, so that
         // `WouldBlock` clears the readiness; framing errors ride in the
         // success value.
@@ -57,7 +99,7 @@ pub async fn receive(stream: &UnixStream, buffer: &mut FrameBuffer) -> Result<()
 /// The next frame: from the buffer if one is complete, else after as many
 /// receives as it takes. Cancel-safe.
 pub async fn next_frame(
-    stream: &UnixStream,
+    stream: &impl Socket,
     buffer: &mut FrameBuffer,
 ) -> Result<RawFrame, FrameError> {
     loop {
@@ -73,7 +115,7 @@ pub async fn next_frame(
 /// Zero means the peer closed the connection. A descriptor riding on raw
 /// bytes is an error (and closed).
 pub async fn read_raw(
-    stream: &UnixStream,
+    stream: &impl Socket,
     buffer: &mut FrameBuffer,
     out: &mut [u8],
 ) -> Result<usize, FrameError> {
@@ -82,7 +124,7 @@ pub async fn read_raw(
         return Ok(buffered);
     }
     loop {
-        stream.readable().await?;
+        stream.ready(Interest::READABLE).await?;
         match stream.try_io(Interest::READABLE, || {
             match wire::recv_raw(stream.as_fd(), out) {
                 Err(FrameError::Io(e)) => Err(e),
@@ -98,16 +140,16 @@ pub async fn read_raw(
 
 /// Send one encoded frame, `fds` on its first byte.
 pub async fn write_frame(
-    stream: &UnixStream,
+    stream: &impl Socket,
     frame: Vec<u8>,
     fds: &[BorrowedFd<'_>],
 ) -> io::Result<()> {
     let mut writer = FrameWriter::with_fds(frame, fds.to_vec());
     while !writer.is_done() {
-        stream.writable().await?;
+        stream.ready(Interest::WRITABLE).await?;
         // The first step sends the descriptor through sendfd, which runs
         // its own `try_io`; nesting it in this one is harmless.
-        match stream.try_io(Interest::WRITABLE, || writer.write_step(stream)) {
+        match stream.try_io(Interest::WRITABLE, || writer.write_step(stream.sender())) {
             Ok(()) => {}
             Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
             Err(e) => return Err(e),
@@ -118,9 +160,9 @@ pub async fn write_frame(
 
 /// Send raw bytes. `MSG_NOSIGNAL` turns a peer that hung up into `EPIPE`
 /// instead of a `SIGPIPE` that would kill the process.
-pub async fn write_raw(stream: &UnixStream, mut bytes: &[u8]) -> io::Result<()> {
+pub async fn write_raw(stream: &impl Socket, mut bytes: &[u8]) -> io::Result<()> {
     while !bytes.is_empty() {
-        stream.writable().await?;
+        stream.ready(Interest::WRITABLE).await?;
         let sent = stream.try_io(Interest::WRITABLE, || {
             send(stream, bytes, SendFlags::NOSIGNAL).map_err(io::Error::from)
         });

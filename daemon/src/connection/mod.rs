@@ -42,7 +42,6 @@ use std::io;
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::sync::Arc;
 use std::time::Duration;
-use tokio::net::UnixStream;
 use tokio::sync::watch;
 use tokio::time::{timeout, Instant};
 use tracing::{debug, info, warn};
@@ -50,10 +49,12 @@ use tracing::{debug, info, warn};
 mod fetch;
 mod publish;
 mod resolving;
+mod socket;
 mod unread;
 mod watching;
 
 pub use publish::USER_INGESTS;
+pub use socket::ReadRegistered;
 pub use unread::{unread_limit, UnreadLimit};
 
 /// Names listed per page: a page of the longest names stays well under
@@ -88,7 +89,7 @@ impl From<io::Error> for End {
 
 /// One accepted client, from the handshake to its last reply.
 pub struct Connection {
-    stream: UnixStream,
+    stream: ReadRegistered,
     /// Frames as they arrive, with their descriptors.
     buffer: FrameBuffer,
     /// Who the kernel says is at the other end; decides the policy.
@@ -112,7 +113,7 @@ pub struct Connection {
 impl Connection {
     /// Wrap an accepted stream; nothing is read until [`Connection::run`].
     pub fn new(
-        stream: UnixStream,
+        stream: ReadRegistered,
         peer: Peer,
         state: Arc<State>,
         config: Arc<Config>,

@@ -2,6 +2,7 @@
 
 use super::{Connection, End};
 use memseal_proto::name::validate_prefix;
+use memseal_proto::tokio_io::Socket;
 use memseal_proto::{ErrorCode, FrameError, Response};
 use std::io;
 use std::time::Duration;

@@ -18,8 +18,8 @@
 //! 6. The state file records the pulled version, for eviction and for the
 //!    poll loop.
 //!
-//! [`Agent::pull`] is the whole of it, and is what a resolver would call
-//! for each name the daemon reports as wanted.
+//! [`Agent::pull`] is the whole of it, and is what `run`'s resolver
+//! ([`crate::resolver`]) calls for each name memseald reports as wanted.
 
 use crate::download::{download, Transfer, Wanted};
 use crate::error::{Error, Integrity, Problem};
@@ -31,7 +31,7 @@ use crate::state::{now_ms, Record, State, PENDING};
 use crate::upload::{upload, Uploaded};
 use memseal::proto::message::hash_to_hex;
 use memseal::proto::name::validate_name;
-use memseal::{AssetInfo, Hash, Selector};
+use memseal::{AssetInfo, Hash};
 use std::collections::HashMap;
 use std::os::fd::AsFd;
 use std::sync::{Arc, Mutex};
@@ -42,8 +42,14 @@ use std::time::{Duration, Instant};
 pub enum Want {
     /// Whatever the name's manifest points at now.
     Latest,
-    /// Exactly this content, whatever the manifest says (pinning).
+    /// Exactly this content, whatever the manifest says (pinning: the
+    /// operator's choice, `pull --hash`).
     Hash(Hash),
+    /// This content, only if the name's manifest points at it now; what
+    /// a client that asks for a hash gets through pull-through, since any
+    /// local user may ask, and the agent must not publish under a name,
+    /// with its own rights, content the name's publishers did not give it.
+    Named(Hash),
 }
 
 /// What a pull did.
@@ -146,9 +152,9 @@ impl Agent {
         &self.metrics
     }
 
-    /// Make `name` present in the local daemon: its latest version in the
-    /// store, or exactly the content `hash`. The function a resolver calls
-    /// for every name the daemon is asked for and does not hold.
+    /// Make `name` present in the local daemon: the content `want` picks
+    /// in the store. The function the resolver calls for every name the
+    /// daemon is asked for and does not hold.
     pub async fn pull(&self, name: &str, want: Want) -> Result<Pulled, Error> {
         check_name(name)?;
         let result = async {
@@ -207,19 +213,20 @@ impl Agent {
     /// What `want` means for `name` in the store right now.
     async fn target(&self, name: &str, want: Want) -> Result<Target, Error> {
         match want {
-            Want::Latest => match self.remote.manifest(name, None).await? {
-                ManifestRead::Found(manifest, etag) => Ok(Target {
-                    hash: manifest.hash(),
-                    size: manifest.size,
-                    etag,
-                    pinned: false,
-                }),
-                ManifestRead::Missing | ManifestRead::NotModified => Err(Error::NotFound(format!(
-                    "the store has no manifest for {name} ({} has no {})",
-                    self.remote.url(),
-                    self.remote.layout().manifest(name)
-                ))),
-            },
+            Want::Latest => self.named_target(name).await,
+            Want::Named(hash) => {
+                let target = self.named_target(name).await?;
+                if target.hash != hash {
+                    return Err(Error::NotFound(format!(
+                        "the store's manifest for {name} names content {}, not {}; \
+                         memseal-fleet supplies a hash only while it is the name's content \
+                         (an operator pins other content with `memseal-fleet pull --hash`)",
+                        hash_to_hex(&target.hash),
+                        hash_to_hex(&hash)
+                    )));
+                }
+                Ok(target)
+            }
             Want::Hash(hash) => {
                 let key = self.remote.layout().blob(&hash);
                 match self.remote.object_size(&key).await? {
@@ -235,6 +242,23 @@ impl Agent {
                     ))),
                 }
             }
+        }
+    }
+
+    /// The content `name`'s manifest names now.
+    async fn named_target(&self, name: &str) -> Result<Target, Error> {
+        match self.remote.manifest(name, None).await? {
+            ManifestRead::Found(manifest, etag) => Ok(Target {
+                hash: manifest.hash(),
+                size: manifest.size,
+                etag,
+                pinned: false,
+            }),
+            ManifestRead::Missing | ManifestRead::NotModified => Err(Error::NotFound(format!(
+                "the store has no manifest for {name} ({} has no {})",
+                self.remote.url(),
+                self.remote.layout().manifest(name)
+            ))),
         }
     }
 
@@ -325,16 +349,14 @@ impl Agent {
         })
     }
 
-    /// The local version that already has the target's content: the
-    /// latest one for a pull that follows the manifest, any kept one for a
-    /// pull by hash.
+    /// The local version that already has the target's content, if it is
+    /// the name's latest one. For a pull by hash, an older kept version
+    /// with that content goes unnoticed (and is downloaded again, to
+    /// become the latest): asking the daemon for a hash it lacks would,
+    /// under pull-through, be announced to this agent and wait for itself
+    /// (see [`crate::local`]).
     async fn present(&self, name: &str, target: &Target) -> Result<Option<AssetInfo>, Error> {
-        let selector = if target.pinned {
-            Selector::Hash(target.hash)
-        } else {
-            Selector::Latest
-        };
-        let info = self.local.stat(name, selector).await?;
+        let info = self.local.latest(name).await?;
         Ok(info.filter(|info| info.hash == target.hash))
     }
 
@@ -389,10 +411,7 @@ impl Agent {
     /// Remove one pulled version, if the daemon still holds it as pulled.
     /// True if a version went.
     async fn evict(&self, record: &Record) -> Result<bool, Error> {
-        let current = self
-            .local
-            .stat(&record.name, Selector::Version(record.version))
-            .await?;
+        let current = self.local.version(&record.name, record.version).await?;
         let still_ours = current.is_some_and(|info| record.holds(&info.hash));
         let removed = still_ours && self.local.remove(&record.name, record.version).await?;
         self.state.forget(&record.name, record.version)?;
@@ -417,7 +436,7 @@ impl Agent {
         check_name(name)?;
         let info = self
             .local
-            .stat(name, Selector::Latest)
+            .latest(name)
             .await?
             .ok_or_else(|| Error::NotFound(format!("memseald has no asset named {name}")))?;
         let pushed = self.push(&info).await?;
@@ -441,11 +460,7 @@ impl Agent {
         if self.state.records()?.iter().any(|r| r.is_of(info)) {
             return Ok(Pushed::PulledHere);
         }
-        let Some(asset) = self
-            .local
-            .fetch(&info.name, Selector::Version(info.version))
-            .await?
-        else {
+        let Some(asset) = self.local.fetch_version(&info.name, info.version).await? else {
             return Ok(Pushed::Gone);
         };
         // The blob first, so that a manifest never points at missing

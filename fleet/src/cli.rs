@@ -95,7 +95,21 @@ pub struct Global {
 /// What to do.
 #[derive(Debug, Subcommand)]
 pub enum Command {
-    /// Run the agent: push local publishes, keep pulled names fresh.
+    /// Run the agent: supply missing names, push local publishes, keep
+    /// pulled names fresh.
+    ///
+    /// Pull-through: the agent registers with memseald as the resolver of
+    /// the --pull prefixes (every name if none is given), so that a client's
+    /// fetch of a name this node lacks waits for one download from the
+    /// store instead of failing, however many clients ask at once. A name
+    /// the store does not have fails at once (not found), and so do a hash
+    /// the name's manifest does not name and a version asked for by
+    /// number; a store that cannot be reached, or a download refused as
+    /// corrupt, fails the waiting clients with "unavailable" and the
+    /// reason. Clients wait at most memseald's resolve_timeout (30 s by
+    /// default); a longer download still finishes, for the next fetch.
+    /// Resolving a prefix needs the right to publish every name under it
+    /// (the empty prefix: any name).
     ///
     /// Every version published locally under a --push prefix is uploaded
     /// (its blob unless the store has it, then its manifest). Every name
@@ -136,8 +150,9 @@ pub enum Command {
 /// `memseal-fleet run`.
 #[derive(Debug, Args)]
 pub struct RunArgs {
-    /// Keep fresh the pulled names under PREFIX (repeatable) [default: every
-    /// pulled name]
+    /// Pull the names local clients miss under PREFIX, and keep fresh the
+    /// pulled names there (repeatable) [default: every name, which needs
+    /// the right to publish any name]
     #[arg(long, value_name = "PREFIX")]
     pub pull: Vec<String>,
 

@@ -127,6 +127,32 @@ impl Error {
         }
     }
 
+    /// The error code memseald's waiting clients get when this error kept
+    /// the agent from supplying a name they asked for (pull-through):
+    /// `NotFound` when the store has no such name or content, the daemon's
+    /// own refusal of the publish when it refused (too large, over budget,
+    /// not allowed), and `Unavailable` (try again later) for the rest: the
+    /// store unreachable or failing, a download refused as corrupt.
+    pub fn code_for_waiters(&self) -> ErrorCode {
+        match self {
+            Error::NotFound(_) => ErrorCode::NotFound,
+            Error::NoRoom(_) => ErrorCode::OverBudget,
+            Error::Usage(_) => ErrorCode::InvalidName,
+            Error::Local { source, .. } => match source.code() {
+                Some(
+                    code @ (ErrorCode::TooLarge
+                    | ErrorCode::OverBudget
+                    | ErrorCode::PermissionDenied
+                    | ErrorCode::InvalidName),
+                ) => code,
+                _ => ErrorCode::Unavailable,
+            },
+            Error::Integrity(_) | Error::Setup(_) | Error::Store { .. } | Error::Io { .. } => {
+                ErrorCode::Unavailable
+            }
+        }
+    }
+
     /// The exit status of a one-shot command that failed with this error.
     pub fn exit_code(&self) -> u8 {
         match self {
@@ -253,7 +279,16 @@ impl fmt::Display for Error {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             Error::Usage(message) | Error::Setup(message) => write!(f, "{message}"),
-            Error::Store { doing, source } => write!(f, "{doing}: {source}"),
+            Error::Store { doing, source } => {
+                write!(f, "{doing}: {source}")?;
+                // object_store's outline ("error sending request") leaves
+                // out the cause an operator needs ("Connection refused").
+                let cause = innermost(source);
+                if !source.to_string().contains(&cause) {
+                    write!(f, " ({})", cause.trim())?;
+                }
+                Ok(())
+            }
             Error::Local { doing, source } => write!(f, "{doing}: {source}"),
             Error::NotFound(message) | Error::NoRoom(message) => write!(f, "{message}"),
             Error::Integrity(integrity) => write!(f, "{integrity}"),

@@ -22,9 +22,11 @@
 //!   from it; `main.rs` only maps the outcome to an exit status.
 //! - [`agent`]: pulling a name and pushing a version, the two operations
 //!   everything else is made of. [`Agent::pull`](agent::Agent::pull) is the
-//!   function a resolver calls for a wanted name.
-//! - [`run`]: the long-running agent: watchers that queue local publishes,
-//!   a pusher, and the poll loop that keeps pulled names fresh.
+//!   function the resolver calls for a wanted name.
+//! - [`run`]: the long-running agent: the resolver that pulls the names
+//!   local clients miss ([`resolver`], pull-through), watchers that queue
+//!   local publishes, a pusher, and the poll loop that keeps pulled names
+//!   fresh.
 //! - [`remote`]: reaching the bucket, and manifests; [`layout`]: the keys.
 //! - [`download`]: ranged GETs in parallel into a [`memfd`], hashed as they
 //!   arrive with [`hash`]; [`upload`]: single or multipart PUTs from a
@@ -61,6 +63,7 @@ pub mod memfd;
 pub mod metrics;
 pub mod rate;
 pub mod remote;
+pub mod resolver;
 pub mod run;
 pub mod state;
 pub mod test_server;

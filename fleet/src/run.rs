@@ -1,7 +1,11 @@
 //! `memseal-fleet run`: the agent as a service.
 //!
-//! Three kinds of task share one [`Agent`]:
+//! Four kinds of task share one [`Agent`]:
 //!
+//! - the resolver ([`crate::resolver`]) is registered with memseald for
+//!   the `--pull` prefixes (every name without one) and pulls each name a
+//!   local client asks for and the daemon lacks, so that a plain fetch
+//!   works on any node (pull-through);
 //! - one watcher per `--push` prefix follows the local daemon's events
 //!   and queues every version published there; on (re)connecting it also
 //!   queues what was published while it was away;
@@ -9,20 +13,19 @@
 //!   puts a version back after a backoff when the store is unavailable;
 //! - the poll loop re-reads, every `--poll` (with jitter, the first time at
 //!   a random moment within the first interval), the manifest of
-//!   each name this node pulled under the `--pull` prefixes, as a
-//!   conditional GET, and pulls the new version when one appears, so that
-//!   local watchers see it as an ordinary publish.
-//!
-//! A resolver task (pulling names the daemon reports as wanted) would be a
-//! fourth, calling [`Agent::pull`]; the daemon does not offer that yet.
+//!   each name this node pulled under the `--pull` prefixes (by the
+//!   resolver or by a one-shot pull), as a conditional GET, and pulls the
+//!   new version when one appears, so that local watchers see it as an
+//!   ordinary publish.
 
 use crate::agent::{Agent, Pushed};
 use crate::backoff::{first_offset, jittered, Backoff};
 use crate::error::Error;
 use crate::metrics::Counter;
 use crate::remote::ManifestRead;
+use crate::resolver;
 use crate::state::Record;
-use memseal::{AssetInfo, Event, Selector};
+use memseal::{AssetInfo, Event};
 use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -32,7 +35,8 @@ use tokio::task::JoinSet;
 /// What `run` was asked to do.
 #[derive(Debug, Clone)]
 pub struct RunOptions {
-    /// Keep fresh the pulled names under these prefixes (all if empty).
+    /// Resolve the missing names under these prefixes, and keep fresh the
+    /// pulled ones (every name if empty).
     pub pull: Vec<String>,
     /// Push every version published locally under these prefixes.
     pub push: Vec<String>,
@@ -40,19 +44,23 @@ pub struct RunOptions {
     pub poll: Duration,
 }
 
-/// Run until SIGTERM or SIGINT.
+/// Run until SIGTERM or SIGINT. A refused registration as the resolver
+/// (no right to publish under a `--pull` prefix) ends it at once.
 pub async fn run(agent: Arc<Agent>, options: RunOptions) -> Result<(), Error> {
     tracing::info!(
-        "memseal-fleet {} serving {}: pushing {}, keeping fresh what it pulled under {} \
-         (manifests re-checked every {:?}, give or take a fifth)",
+        "memseal-fleet {} serving {}: pushing {}, supplying and keeping fresh what it pulls \
+         under {} (manifests re-checked every {:?}, give or take a fifth)",
         env!("CARGO_PKG_VERSION"),
         agent.remote().url(),
         describe(&options.push, "nothing"),
         describe(&options.pull, "any prefix"),
         options.poll
     );
+    let resolving = resolver::prefixes(&options.pull);
+    let registered = resolver::register(&agent, &resolving).await?;
     let queue = Arc::new(PushQueue::default());
     let mut tasks = JoinSet::new();
+    tasks.spawn(resolver::resolve(Arc::clone(&agent), resolving, registered));
     for prefix in &options.push {
         tasks.spawn(watch_for_pushes(
             Arc::clone(&agent),
@@ -311,7 +319,7 @@ async fn refresh(
 /// one was published on this node itself: local publishers now own the
 /// name, and the store must not overwrite their work.
 async fn taken_over_locally(agent: &Agent, record: &Record) -> bool {
-    let latest = match agent.local().stat(&record.name, Selector::Latest).await {
+    let latest = match agent.local().latest(&record.name).await {
         Ok(latest) => latest,
         Err(e) => {
             tracing::warn!("{}: cannot look it up in memseald ({e})", record.name);

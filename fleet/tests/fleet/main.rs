@@ -7,12 +7,16 @@
 //! - `integrity`: corrupted, truncated and swapped objects are refused;
 //! - `faults`: the store dying mid-download, the agent killed mid-pull,
 //!   wrong credentials and a missing bucket;
-//! - `eviction`: pulled content as a cache under a small budget.
+//! - `eviction`: pulled content as a cache under a small budget;
+//! - `pull_through`: `run` as memseald's resolver: a plain fetch on one
+//!   node of what only the other pushed, single flight for many clients,
+//!   and what waiting clients are told when a name cannot be had.
 //!
 //! `support` starts the server and the nodes.
 
 mod eviction;
 mod faults;
 mod integrity;
+mod pull_through;
 mod sharing;
 mod support;

@@ -325,6 +325,21 @@ impl Node {
         }
     }
 
+    /// Start `memseal-fleet run ARGS` in the background and wait until
+    /// memseald has made it the resolver of its `--pull` prefixes
+    /// (pull-through), so that a fetch from then on reaches it.
+    pub fn spawn_resolver<I, S>(&self, args: I) -> Background
+    where
+        I: IntoIterator<Item = S>,
+        S: AsRef<std::ffi::OsStr>,
+    {
+        let run = std::iter::once(std::ffi::OsString::from("run"))
+            .chain(args.into_iter().map(|a| a.as_ref().to_owned()));
+        let agent = self.spawn_fleet(run);
+        agent.wait_for(REGISTERED, 1, Duration::from_secs(20));
+        agent
+    }
+
     /// The agent's state directory on this node.
     pub fn state_dir(&self) -> PathBuf {
         self.daemon.dir().join("fleet-state")
@@ -335,16 +350,37 @@ impl Node {
         self.daemon.dir().join("fleet.prom")
     }
 
+    /// Wait (at most 10 s) until counter `name` reads `value`: a client
+    /// woken by the agent's publish can be a moment ahead of the counters.
+    pub fn wait_for_counter(&self, name: &str, value: u64) {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while self.read_counter(name) != Some(value) && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        assert_eq!(self.counter(name), value, "counter {name}");
+    }
+
     /// One counter from the metrics file (`memseal_fleet_<name>_total`).
     pub fn counter(&self, name: &str) -> u64 {
+        self.read_counter(name).unwrap_or_else(|| {
+            panic!(
+                "no counter {name} in:\n{}",
+                fs::read_to_string(self.metrics_file()).unwrap_or_default()
+            )
+        })
+    }
+
+    fn read_counter(&self, name: &str) -> Option<u64> {
         let text = fs::read_to_string(self.metrics_file()).unwrap_or_default();
         let metric = format!("memseal_fleet_{name}_total ");
         text.lines()
             .find_map(|line| line.strip_prefix(&metric))
             .and_then(|value| value.trim().parse().ok())
-            .unwrap_or_else(|| panic!("no counter {name} in:\n{text}"))
     }
 }
+
+/// What a running agent logs each time memseald accepts it as a resolver.
+pub const REGISTERED: &str = "memseald asks this agent for the names it lacks";
 
 /// A memseal-fleet process in the background, killed when dropped.
 pub struct Background {
@@ -356,6 +392,20 @@ impl Background {
     /// Its stdout and stderr so far.
     pub fn output(&self) -> String {
         fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// Wait until its output holds `text` at least `times` times; panics
+    /// with the output after `timeout`.
+    pub fn wait_for(&self, text: &str, times: usize, timeout: Duration) {
+        let deadline = Instant::now() + timeout;
+        while self.output().matches(text).count() < times {
+            assert!(
+                Instant::now() < deadline,
+                "memseal-fleet did not say {text:?} {times} time(s) within {timeout:?}:\n{}",
+                self.output()
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
     }
 
     /// SIGKILL it.

@@ -55,8 +55,8 @@ struct Listener {
     config: Arc<Config>,
     admission: Admission,
     unread_limit: connection::UnreadLimit,
-    /// Descriptions connections may keep beyond their own few.
-    kept: Arc<SharedKept>,
+    /// What all connections share: kept descriptions, fast lanes.
+    shared: connection::Shared,
     /// One task per connection.
     tasks: JoinSet<()>,
     /// Turns true to tell every connection to finish.
@@ -66,7 +66,10 @@ struct Listener {
 impl Listener {
     fn new(listener: UnixListener, state: Arc<State>, config: Arc<Config>) -> Listener {
         let unread_limit = connection::unread_limit(config.max_connections, descriptor_limit());
-        let kept = SharedKept::for_descriptor_limit(descriptor_limit());
+        let shared = connection::Shared {
+            kept: SharedKept::for_descriptor_limit(descriptor_limit()),
+            lanes: connection::Lanes::per_cpu(),
+        };
         debug!(
             unread_replies = unread_limit.replies,
             unread_bytes = unread_limit.bytes,
@@ -78,7 +81,7 @@ impl Listener {
             state,
             config,
             unread_limit,
-            kept,
+            shared,
             tasks: JoinSet::new(),
             shutdown: watch::channel(false).0,
         }
@@ -148,7 +151,7 @@ impl Listener {
                 self.state.clone(),
                 self.config.clone(),
                 self.unread_limit,
-                self.kept.clone(),
+                self.shared.clone(),
                 self.shutdown.subscribe(),
             ),
             state: self.state.clone(),

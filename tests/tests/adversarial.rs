@@ -727,6 +727,32 @@ fn slow_loris_peers_are_dropped_at_the_deadline() {
     assert!(dropped_after < Duration::from_secs(3));
     drop(loris);
 
+    // The same frame one byte every 100 ms right after a fetch, when the
+    // connection is in a fast lane: the lane gives a frame that did not
+    // arrive whole to the event loop and its deadline.
+    let mut loris = RawPeer::handshake(socket);
+    loris.send(&Request::Fetch {
+        name: PROBE.into(),
+        selector: Selector::Latest,
+    });
+    assert!(matches!(loris.recv(), Response::Asset(_)));
+    let started = Instant::now();
+    let mut sent = 0;
+    let dropped_after = loop {
+        if send(&loris.stream, &fetch[sent..sent + 1], SendFlags::NOSIGNAL).is_err() {
+            break started.elapsed();
+        }
+        sent += 1;
+        assert!(sent < fetch.len(), "the whole frame went through");
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    eprintln!(
+        "[slow loris frame after a fetch] {sent} bytes at 10 B/s, dropped after {:.0} ms",
+        ms(dropped_after)
+    );
+    assert!(dropped_after < Duration::from_secs(3));
+    drop(loris);
+
     // A hello sent one byte every 100 ms.
     let loris = RawPeer::connect(socket);
     let hello = frame(&hello());

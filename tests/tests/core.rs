@@ -7,7 +7,7 @@ use rustix::fs::SealFlags;
 use std::io::Write;
 use std::os::fd::{AsFd, AsRawFd};
 use std::process::{Command, Stdio};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 const ALL_SEALS: SealFlags = SealFlags::WRITE
     .union(SealFlags::GROW)
@@ -479,7 +479,22 @@ fn sigterm_stops_cleanly_and_removes_the_socket() {
     let socket = daemon.socket().to_path_buf();
     let mut idle = daemon.client();
     idle.status().unwrap();
+    // One that keeps fetching, so that its connection is served by a fast
+    // lane (blocking receives) when the signal comes.
+    let mut busy = daemon.client();
+    busy.publish_bytes("stop/asset", b"bytes").unwrap();
+    let fetching = std::thread::spawn(move || {
+        let started = Instant::now();
+        while busy.fetch("stop/asset").is_ok() {
+            assert!(started.elapsed() < Duration::from_secs(10), "never stopped");
+        }
+    });
+    std::thread::sleep(Duration::from_millis(100));
+    let asked = Instant::now();
     let status = daemon.stop();
+    let took = asked.elapsed();
     assert!(status.success(), "{status}");
     assert!(!socket.exists(), "socket file left behind");
+    fetching.join().unwrap();
+    assert!(took < Duration::from_secs(2), "stopping took {took:?}");
 }

@@ -94,6 +94,22 @@ impl Connection {
                 }
             });
         }
+        let (response, blobs) = self.assets_answer(found);
+        let owned: Vec<Option<Arc<OwnedFd>>> = blobs
+            .iter()
+            .map(|blob| self.descriptions.of(blob))
+            .collect();
+        let fds: Vec<BorrowedFd<'_>> = owned
+            .iter()
+            .zip(&blobs)
+            .map(|(own, blob)| own.as_deref().map_or(blob.fd(), OwnedFd::as_fd))
+            .collect();
+        self.reply_with(response, fds).await
+    }
+
+    /// The answer to a batch whose items came to `found`, and the blobs
+    /// whose descriptors go with it, in order.
+    pub(super) fn assets_answer(&self, found: Vec<Found>) -> (Response, Vec<Arc<Blob>>) {
         let mut results = Vec::with_capacity(found.len());
         let mut blobs = Vec::new();
         for item in found {
@@ -108,17 +124,7 @@ impl Connection {
                 })),
             }
         }
-        let owned: Vec<Option<Arc<OwnedFd>>> = blobs
-            .iter()
-            .map(|blob| self.descriptions.of(blob))
-            .collect();
-        let fds: Vec<BorrowedFd<'_>> = owned
-            .iter()
-            .zip(&blobs)
-            .map(|(own, blob)| own.as_deref().map_or(blob.fd(), OwnedFd::as_fd))
-            .collect();
-        self.reply_with(Response::Assets { items: results }, fds)
-            .await
+        (Response::Assets { items: results }, blobs)
     }
 
     /// The version `selector` picks, pulled through the resolver of its

@@ -20,9 +20,13 @@
 //! [`linger`]: Connection::run
 //!
 //! This file holds the connection's life and the small requests; the
-//! larger jobs live beside it: `publish` (reservation, streamed and
-//! descriptor uploads), `watching` (the event stream) and `unread` (the
-//! bound on replies left unread).
+//! larger jobs live beside it: `fetch` (one asset, a batch, and the wait
+//! for a resolver), `lane` (the fast lane a client that keeps fetching is
+//! served in, with blocking calls), `publish` (reservation, streamed and
+//! descriptor uploads), `watching` (the event stream), `resolving` (a
+//! resolver's connection), `socket` (the socket as the event loop sees
+//! it: registered for reading only) and `unread` (the bound on replies
+//! left unread).
 
 use crate::catalog::CatalogError;
 use crate::config::Config;
@@ -30,7 +34,7 @@ use crate::descriptions::{Descriptions, SharedKept};
 use crate::policy::{Peer, Write};
 use crate::state::State;
 use crate::sys;
-use memseal_proto::codec::{decode_request, encode_response};
+use memseal_proto::codec::{decode_request, encode_response, Decoded};
 use memseal_proto::name::{validate_name, validate_prefix};
 use memseal_proto::tokio_io;
 use memseal_proto::wire::{FrameBuffer, RawFrame};
@@ -47,14 +51,25 @@ use tokio::time::{timeout, Instant};
 use tracing::{debug, info, warn};
 
 mod fetch;
+mod lane;
 mod publish;
 mod resolving;
 mod socket;
 mod unread;
 mod watching;
 
+pub use lane::Lanes;
 pub use publish::USER_INGESTS;
 pub use socket::ReadRegistered;
+
+/// What all connections share besides the daemon's state.
+#[derive(Debug, Clone)]
+pub struct Shared {
+    /// Descriptions kept beyond each connection's own few.
+    pub kept: Arc<SharedKept>,
+    /// The fast lanes.
+    pub lanes: Arc<Lanes>,
+}
 pub use unread::{unread_limit, UnreadLimit};
 
 /// Names listed per page: a page of the longest names stays well under
@@ -108,6 +123,8 @@ pub struct Connection {
     shutdown: watch::Receiver<bool>,
     /// The read-only descriptions this connection's fetches hand out.
     descriptions: Descriptions,
+    /// The fast lanes it may take (see `lane`).
+    lanes: Arc<Lanes>,
 }
 
 impl Connection {
@@ -118,7 +135,7 @@ impl Connection {
         state: Arc<State>,
         config: Arc<Config>,
         unread_limit: UnreadLimit,
-        kept: Arc<SharedKept>,
+        shared: Shared,
         shutdown: watch::Receiver<bool>,
     ) -> Self {
         Connection {
@@ -131,7 +148,8 @@ impl Connection {
             unchecked_sends: std::sync::atomic::AtomicUsize::new(0),
             batch_unread: std::sync::atomic::AtomicBool::new(false),
             shutdown,
-            descriptions: Descriptions::new(kept),
+            descriptions: Descriptions::new(shared.kept),
+            lanes: shared.lanes,
         }
     }
 
@@ -193,17 +211,40 @@ impl Connection {
 
     async fn serve(&mut self) -> Result<(), End> {
         self.handshake().await?;
+        // A request the fast lane handed back, answered before reading on.
+        let mut handed_back = None;
         loop {
-            let frame = match self.next_frame(None).await {
-                Ok(frame) => frame,
-                Err(End::Peer(e)) => return Err(self.protocol_error(e).await),
-                Err(other) => return Err(other),
+            let request = match handed_back.take() {
+                Some(request) => request,
+                None => self.next_request().await?,
             };
-            let request = match decode_request(&frame.payload, frame.fds) {
-                Ok(decoded) => decoded,
-                Err(e) => return Err(self.protocol_error(e).await),
-            };
+            let lane_work = matches!(
+                request.message,
+                Request::Fetch { .. } | Request::Stat { .. } | Request::FetchMany { .. }
+            );
             self.handle(request.message, request.fd).await?;
+            if !lane_work {
+                continue;
+            }
+            match self.ride_lane()? {
+                None | Some(lane::Left::Waiting) => {}
+                Some(lane::Left::Request(request)) => handed_back = Some(request),
+                Some(lane::Left::Broken(e)) => return Err(self.protocol_error(e).await),
+            }
+        }
+    }
+
+    /// The next request, decoded; a framing or decoding error ends the
+    /// connection (the client is told why).
+    async fn next_request(&mut self) -> Result<Decoded<Request>, End> {
+        let frame = match self.next_frame(None).await {
+            Ok(frame) => frame,
+            Err(End::Peer(e)) => return Err(self.protocol_error(e).await),
+            Err(other) => return Err(other),
+        };
+        match decode_request(&frame.payload, frame.fds) {
+            Ok(decoded) => Ok(decoded),
+            Err(e) => Err(self.protocol_error(e).await),
         }
     }
 
@@ -347,21 +388,28 @@ impl Connection {
         self.make_room_for(fds.len()).await?;
         match self.send(frame, &fds).await {
             Err(End::Peer(FrameError::Io(e))) if e.raw_os_error() == Some(libc::ETOOMANYREFS) => {
-                warn!(
-                    peer = %self.peer,
-                    "cannot send a descriptor: the kernel says too many of this user's are in \
-                     flight (ETOOMANYREFS); answering busy"
-                );
-                let busy = Response::error(
-                    ErrorCode::Busy,
-                    "memseald cannot pass another descriptor right now: too many of its \
-                     descriptors sit unread in sockets (the kernel's per-user limit); \
-                     retry shortly",
-                );
+                let busy = Self::too_many_in_flight(&self.peer);
                 self.send(encode_response(&busy)?, &[]).await
             }
             other => other,
         }
+    }
+
+    /// What a client gets when the kernel refused the descriptors of its
+    /// reply because the daemon has too many in flight (`ETOOMANYREFS`;
+    /// nothing was sent); logged.
+    fn too_many_in_flight(peer: &Peer) -> Response {
+        warn!(
+            peer = %peer,
+            "cannot send a descriptor: the kernel says too many of this user's are in \
+             flight (ETOOMANYREFS); answering busy"
+        );
+        Response::error(
+            ErrorCode::Busy,
+            "memseald cannot pass another descriptor right now: too many of its \
+             descriptors sit unread in sockets (the kernel's per-user limit); \
+             retry shortly",
+        )
     }
 
     /// Write one encoded frame within the I/O timeout.

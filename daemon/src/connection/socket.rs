@@ -19,10 +19,14 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use tokio::io::unix::AsyncFd;
 use tokio::io::Interest;
 
-/// A client's stream, registered with tokio for reading only.
+/// A client's stream, registered with tokio for reading only, or, while
+/// a fast lane serves it with blocking calls, not at all (see
+/// [`ReadRegistered::unregister`]).
 #[derive(Debug)]
 pub struct ReadRegistered {
-    socket: AsyncFd<UnixStream>,
+    registered: Option<AsyncFd<UnixStream>>,
+    /// The stream while it is not registered.
+    unregistered: Option<UnixStream>,
     /// The last send said `WouldBlock`: the next wait for writability must
     /// really wait.
     send_blocked: AtomicBool,
@@ -34,7 +38,8 @@ impl ReadRegistered {
         let stream = stream.into_std()?;
         stream.set_nonblocking(true)?;
         Ok(ReadRegistered {
-            socket: sys::register(stream, Interest::READABLE)?,
+            registered: Some(sys::register(stream, Interest::READABLE)?),
+            unregistered: None,
             send_blocked: AtomicBool::new(false),
         })
     }
@@ -43,11 +48,43 @@ impl ReadRegistered {
     pub async fn readable(&self) -> io::Result<()> {
         self.ready(Interest::READABLE).await
     }
+
+    /// Take the stream out of the event loop, so that requests read with
+    /// blocking calls no longer wake it too.
+    pub fn unregister(&mut self) {
+        if let Some(registered) = self.registered.take() {
+            self.unregistered = Some(registered.into_inner());
+        }
+    }
+
+    /// Put the stream back into the event loop. epoll reports data that
+    /// is already waiting as soon as the socket is added, so nothing that
+    /// arrived meanwhile is missed.
+    pub fn register_again(&mut self) -> io::Result<()> {
+        if let Some(stream) = self.unregistered.take() {
+            self.registered = Some(sys::register(stream, Interest::READABLE)?);
+        }
+        Ok(())
+    }
+
+    fn stream(&self) -> &UnixStream {
+        match (&self.registered, &self.unregistered) {
+            (Some(registered), _) => registered.get_ref(),
+            (None, Some(stream)) => stream,
+            (None, None) => unreachable!("the stream is always held one way or the other"),
+        }
+    }
+
+    fn registration(&self) -> io::Result<&AsyncFd<UnixStream>> {
+        self.registered.as_ref().ok_or_else(|| {
+            io::Error::other("the socket is served by a fast lane, not the event loop")
+        })
+    }
 }
 
 impl AsFd for ReadRegistered {
     fn as_fd(&self) -> BorrowedFd<'_> {
-        self.socket.get_ref().as_fd()
+        self.stream().as_fd()
     }
 }
 
@@ -55,12 +92,12 @@ impl Socket for ReadRegistered {
     type Sender = UnixStream;
 
     fn sender(&self) -> &UnixStream {
-        self.socket.get_ref()
+        self.stream()
     }
 
     async fn ready(&self, interest: Interest) -> io::Result<()> {
         if interest.is_readable() {
-            return self.socket.readable().await.map(drop);
+            return self.registration()?.readable().await.map(drop);
         }
         if !self.send_blocked.load(Ordering::Relaxed) {
             return Ok(());
@@ -68,7 +105,7 @@ impl Socket for ReadRegistered {
         // epoll reports a socket that is writable already as soon as it
         // is added, so no event can be missed between the failed send and
         // this registration.
-        let duplicate = self.socket.get_ref().try_clone()?;
+        let duplicate = self.stream().try_clone()?;
         let waiter = sys::register(duplicate, Interest::WRITABLE)?;
         waiter.writable().await?.retain_ready();
         self.send_blocked.store(false, Ordering::Relaxed);
@@ -77,7 +114,7 @@ impl Socket for ReadRegistered {
 
     fn try_io<R>(&self, interest: Interest, f: impl FnOnce() -> io::Result<R>) -> io::Result<R> {
         if interest.is_readable() {
-            return self.socket.try_io(Interest::READABLE, |_| f());
+            return self.registration()?.try_io(Interest::READABLE, |_| f());
         }
         let result = f();
         if matches!(&result, Err(e) if e.kind() == io::ErrorKind::WouldBlock) {

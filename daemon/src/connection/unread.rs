@@ -9,6 +9,7 @@
 
 use super::{Connection, End};
 use crate::sys;
+use std::io;
 use std::os::fd::AsFd;
 use std::time::Duration;
 use tokio::time::Instant;
@@ -55,6 +56,15 @@ pub fn unread_limit(max_connections: usize, descriptor_limit: u64) -> UnreadLimi
 
 impl Connection {
     /// Wait until a reply carrying `descriptors` descriptors may go out.
+    pub(super) async fn make_room_for(&self, descriptors: usize) -> Result<(), End> {
+        while !self.try_make_room(descriptors)? {
+            self.wait_for_room(descriptors).await?;
+        }
+        Ok(())
+    }
+
+    /// Take room for a reply carrying `descriptors` descriptors if the
+    /// peer's queue leaves it now; false if it must wait.
     ///
     /// A single descriptor goes once the peer has fewer than the bound
     /// unread (measured now and then, see `unchecked_sends`). A batch of
@@ -63,56 +73,46 @@ impl Connection {
     /// in bytes cannot tell how many descriptors one queued frame holds,
     /// but an empty queue holds none. Batches are never larger than the
     /// bound, so the bound holds either way.
-    pub(super) async fn make_room_for(&self, descriptors: usize) -> Result<(), End> {
+    pub(super) fn try_make_room(&self, descriptors: usize) -> io::Result<bool> {
         use std::sync::atomic::Ordering::Relaxed;
         if descriptors > 1 || self.batch_unread.load(Relaxed) {
-            self.wait_for_empty_queue().await?;
+            if sys::unread_bytes(self.stream.as_fd())? != 0 {
+                return Ok(false);
+            }
             self.batch_unread.store(descriptors > 1, Relaxed);
             self.unchecked_sends.store(0, Relaxed);
-            return Ok(());
+            return Ok(true);
         }
         let unchecked = match self.unchecked_sends.load(Relaxed) {
-            0 => self.wait_for_reader().await?,
+            0 => {
+                let unread = sys::unread_bytes(self.stream.as_fd())?;
+                if unread > self.unread_limit.bytes {
+                    return Ok(false);
+                }
+                // Every queued reply costs at least QUEUED_REPLY_COST.
+                let queued = unread.div_ceil(QUEUED_REPLY_COST);
+                self.unread_limit.replies.saturating_sub(queued).max(1)
+            }
             unchecked => unchecked,
         };
         self.unchecked_sends.store(unchecked - 1, Relaxed);
-        Ok(())
+        Ok(true)
     }
 
-    /// Wait until the peer has read every reply sent to it.
-    async fn wait_for_empty_queue(&self) -> Result<(), End> {
-        let deadline = Instant::now() + self.config.io_timeout;
-        let mut pause = Duration::from_millis(1);
-        loop {
-            if sys::unread_bytes(self.stream.as_fd())? == 0 {
-                return Ok(());
-            }
-            let now = Instant::now();
-            if now >= deadline {
-                return Err(End::Timeout(
-                    "client left too many replies with descriptors unread",
-                ));
-            }
-            tokio::time::sleep(pause.min(deadline - now)).await;
-            pause = (pause * 2).min(Duration::from_millis(100));
-        }
-    }
-
-    /// Hold a descriptor reply back while the peer sits on unread replies.
-    /// The kernel does not signal when a peer reads, so this polls, more
-    /// and more slowly: a client that reads soon is served at once, one
-    /// that never reads costs a few dozen wake-ups before it is dropped.
-    /// Returns how many descriptor replies may go out before the next
-    /// check (at least one): the bound minus those still unread.
-    async fn wait_for_reader(&self) -> Result<usize, End> {
+    /// Hold a descriptor reply back while the peer sits on unread replies
+    /// (for a batch, until it has read them all). The kernel does not
+    /// signal when a peer reads, so this polls, more and more slowly: a
+    /// client that reads soon is served at once, one that never reads
+    /// costs a few dozen wake-ups before it is dropped.
+    async fn wait_for_room(&self, descriptors: usize) -> Result<(), End> {
+        use std::sync::atomic::Ordering::Relaxed;
+        let batch = descriptors > 1 || self.batch_unread.load(Relaxed);
         let deadline = Instant::now() + self.config.io_timeout;
         let mut pause = Duration::from_millis(1);
         loop {
             let unread = sys::unread_bytes(self.stream.as_fd())?;
-            if unread <= self.unread_limit.bytes {
-                // Every queued reply costs at least QUEUED_REPLY_COST.
-                let queued = unread.div_ceil(QUEUED_REPLY_COST);
-                return Ok(self.unread_limit.replies.saturating_sub(queued).max(1));
+            if (batch && unread == 0) || (!batch && unread <= self.unread_limit.bytes) {
+                return Ok(());
             }
             let now = Instant::now();
             if now >= deadline {

@@ -22,7 +22,7 @@
 
 use crate::blob::Blob;
 use std::collections::VecDeque;
-use std::os::fd::OwnedFd;
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Weak};
 
@@ -126,6 +126,14 @@ impl Descriptions {
         Some(self.kept[index].1.clone())
     }
 
+    /// The descriptors for a reply that hands out `blobs`, in order.
+    pub fn handout<'a>(&mut self, blobs: &'a [Arc<Blob>]) -> Handout<'a> {
+        Handout {
+            owned: blobs.iter().map(|blob| self.of(blob)).collect(),
+            blobs,
+        }
+    }
+
     /// Give back to the pool what `kept` no longer needs.
     fn return_unused(&mut self) {
         let needed = self.kept.len().saturating_sub(KEPT_PER_CONNECTION);
@@ -139,6 +147,25 @@ impl Descriptions {
     pub fn clear(&mut self) {
         self.kept.clear();
         self.return_unused();
+    }
+}
+
+/// The descriptors one reply hands out: this connection's own
+/// description of each blob, or the blob's own where none could be opened
+/// (see [`Descriptions::of`]).
+pub struct Handout<'a> {
+    owned: Vec<Option<Arc<OwnedFd>>>,
+    blobs: &'a [Arc<Blob>],
+}
+
+impl Handout<'_> {
+    /// The descriptors, in the order of the blobs.
+    pub fn fds(&self) -> Vec<BorrowedFd<'_>> {
+        self.owned
+            .iter()
+            .zip(self.blobs)
+            .map(|(own, blob)| own.as_deref().map_or(blob.fd(), OwnedFd::as_fd))
+            .collect()
     }
 }
 

@@ -646,6 +646,21 @@ fn idle_connections_up_to_and_past_the_caps() {
 // ---------------------------------------------------------------------------
 // Slow peers.
 
+/// Send `frame` one byte every 100 ms until the daemon drops the peer;
+/// how many bytes went and how long it took.
+fn trickle(loris: &RawPeer, frame: &[u8]) -> (usize, Duration) {
+    let started = Instant::now();
+    let mut sent = 0;
+    loop {
+        if send(&loris.stream, &frame[sent..sent + 1], SendFlags::NOSIGNAL).is_err() {
+            return (sent, started.elapsed());
+        }
+        sent += 1;
+        assert!(sent < frame.len(), "the whole frame went through");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
 #[test]
 fn slow_loris_peers_are_dropped_at_the_deadline() {
     let daemon = Daemon::builder()
@@ -710,16 +725,7 @@ fn slow_loris_peers_are_dropped_at_the_deadline() {
         name: PROBE.into(),
         selector: Selector::Latest,
     });
-    let started = Instant::now();
-    let mut sent = 0;
-    let dropped_after = loop {
-        if send(&loris.stream, &fetch[sent..sent + 1], SendFlags::NOSIGNAL).is_err() {
-            break started.elapsed();
-        }
-        sent += 1;
-        assert!(sent < fetch.len(), "the whole frame went through");
-        std::thread::sleep(Duration::from_millis(100));
-    };
+    let (sent, dropped_after) = trickle(&loris, &fetch);
     eprintln!(
         "[slow loris frame] {sent} bytes at 10 B/s, dropped after {:.0} ms",
         ms(dropped_after)
@@ -736,16 +742,7 @@ fn slow_loris_peers_are_dropped_at_the_deadline() {
         selector: Selector::Latest,
     });
     assert!(matches!(loris.recv(), Response::Asset(_)));
-    let started = Instant::now();
-    let mut sent = 0;
-    let dropped_after = loop {
-        if send(&loris.stream, &fetch[sent..sent + 1], SendFlags::NOSIGNAL).is_err() {
-            break started.elapsed();
-        }
-        sent += 1;
-        assert!(sent < fetch.len(), "the whole frame went through");
-        std::thread::sleep(Duration::from_millis(100));
-    };
+    let (sent, dropped_after) = trickle(&loris, &fetch);
     eprintln!(
         "[slow loris frame after a fetch] {sent} bytes at 10 B/s, dropped after {:.0} ms",
         ms(dropped_after)
@@ -756,16 +753,7 @@ fn slow_loris_peers_are_dropped_at_the_deadline() {
     // A hello sent one byte every 100 ms.
     let loris = RawPeer::connect(socket);
     let hello = frame(&hello());
-    let started = Instant::now();
-    let mut sent = 0;
-    let dropped_after = loop {
-        if send(&loris.stream, &hello[sent..sent + 1], SendFlags::NOSIGNAL).is_err() {
-            break started.elapsed();
-        }
-        sent += 1;
-        assert!(sent < hello.len(), "the whole hello went through");
-        std::thread::sleep(Duration::from_millis(100));
-    };
+    let (sent, dropped_after) = trickle(&loris, &hello);
     eprintln!(
         "[slow loris hello] {sent} bytes at 10 B/s, dropped after {:.0} ms",
         ms(dropped_after)

@@ -18,7 +18,6 @@ use crate::blob::Blob;
 use crate::catalog::CatalogError;
 use crate::resolvers::Waiter;
 use memseal_proto::{AssetInfo, ErrorCode, ErrorReply, FetchItem, FetchResult, Response, Selector};
-use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::sync::Arc;
 use tokio::time::Instant;
 
@@ -40,9 +39,9 @@ impl Connection {
     pub(super) async fn fetch(&mut self, name: &str, selector: Selector) -> Result<(), End> {
         match self.find(name, selector).await {
             Ok((info, blob)) => {
-                let own = self.descriptions.of(&blob);
-                let fd = own.as_deref().map_or(blob.fd(), |fd| fd.as_fd());
-                self.reply(Response::Asset(info), Some(fd)).await
+                let blobs = [blob];
+                let handout = self.descriptions.handout(&blobs);
+                self.reply_with(Response::Asset(info), handout.fds()).await
             }
             Err(e) => self.reply_error(e).await,
         }
@@ -95,16 +94,8 @@ impl Connection {
             });
         }
         let (response, blobs) = self.assets_answer(found);
-        let owned: Vec<Option<Arc<OwnedFd>>> = blobs
-            .iter()
-            .map(|blob| self.descriptions.of(blob))
-            .collect();
-        let fds: Vec<BorrowedFd<'_>> = owned
-            .iter()
-            .zip(&blobs)
-            .map(|(own, blob)| own.as_deref().map_or(blob.fd(), OwnedFd::as_fd))
-            .collect();
-        self.reply_with(response, fds).await
+        let handout = self.descriptions.handout(&blobs);
+        self.reply_with(response, handout.fds()).await
     }
 
     /// The answer to a batch whose items came to `found`, and the blobs

@@ -27,7 +27,7 @@ use memseal_proto::{AssetInfo, FrameError, Request, Response};
 use rustix::fs::OFlags;
 use rustix::net::sockopt::{set_socket_timeout, Timeout};
 use std::io;
-use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
+use std::os::fd::{AsFd, BorrowedFd};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
@@ -184,16 +184,8 @@ impl Connection {
             }
             _ => self.assets_answer(found.into_iter().map(Ok).collect()),
         };
-        let owned: Vec<Option<Arc<OwnedFd>>> = blobs
-            .iter()
-            .map(|blob| self.descriptions.of(blob))
-            .collect();
-        let fds: Vec<BorrowedFd<'_>> = owned
-            .iter()
-            .zip(&blobs)
-            .map(|(own, blob)| own.as_deref().map_or(blob.fd(), OwnedFd::as_fd))
-            .collect();
-        self.send_now(&response, &fds)?;
+        let handout = self.descriptions.handout(&blobs);
+        self.send_now(&response, &handout.fds())?;
         Ok(Served::Answered)
     }
 

@@ -78,9 +78,11 @@ impl Drop for Lane {
 
 /// Why a connection left its lane.
 pub(super) enum Left {
-    /// Idle, stopping, or in the middle of a frame: the event loop waits
-    /// for what comes next (the buffer keeps what was read).
+    /// Idle, or in the middle of a frame: the event loop waits for what
+    /// comes next (the buffer keeps what was read).
     Waiting,
+    /// The daemon is stopping: the connection ends.
+    Stopping,
     /// A request the lane does not answer, for the event loop.
     Request(Decoded<Request>),
     /// The stream broke: a framing error or the client's hang-up.
@@ -121,6 +123,12 @@ impl Connection {
 
     fn lane(&mut self) -> Result<Left, End> {
         loop {
+            // A daemon that is stopping answers nothing more, not even a
+            // request that arrived while the lane waited (the event loop
+            // ends idle connections at once; this one was idle too).
+            if *self.shutdown.borrow() {
+                return Ok(Left::Stopping);
+            }
             match self.buffer.next_frame() {
                 Ok(Some(frame)) => {
                     let request = match decode_request(&frame.payload, frame.fds) {
@@ -138,7 +146,7 @@ impl Connection {
             // Half a frame goes to the event loop, whose deadline for the
             // rest of it a client trickling bytes cannot stretch; requests
             // arrive whole in one receive nearly always.
-            if self.buffer.in_frame() || *self.shutdown.borrow() {
+            if self.buffer.in_frame() {
                 return Ok(Left::Waiting);
             }
             match wire::receive(self.stream.as_fd(), &mut self.buffer) {

@@ -228,6 +228,7 @@ impl Connection {
             }
             match self.ride_lane()? {
                 None | Some(lane::Left::Waiting) => {}
+                Some(lane::Left::Stopping) => return Err(End::Shutdown),
                 Some(lane::Left::Request(request)) => handed_back = Some(request),
                 Some(lane::Left::Broken(e)) => return Err(self.protocol_error(e).await),
             }

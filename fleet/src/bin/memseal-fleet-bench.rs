@@ -13,8 +13,12 @@
 //!   The local version is removed between rounds, untimed.
 //!
 //! It prints a Markdown table of medians and the ratio of the pull's rate
-//! to the plain GET's. Nothing is asserted: a test server's speed says
-//! little about a real store's, and the ratio is what to read.
+//! to the plain GET's. Then, with the agent registered as the daemon's
+//! resolver (pull-through), the latency a plain client fetch sees for a
+//! 4 KiB asset the node does not hold (one round trip that lasts one
+//! download) beside a local fetch of it. Nothing is asserted: a test
+//! server's speed says little about a real store's, and the ratios are
+//! what to read.
 
 #![deny(unsafe_code)]
 
@@ -115,7 +119,7 @@ fn bench(args: &Args) -> Result<(), String> {
             transfer,
         ))
     });
-    let agent = agent.map_err(|e| e.to_string())?;
+    let agent = Arc::new(agent.map_err(|e| e.to_string())?);
     let mut client = ConnectOptions::new()
         .socket(&socket)
         .connect()
@@ -175,7 +179,62 @@ fn bench(args: &Args) -> Result<(), String> {
         );
         remove_local(&mut client, &name)?;
     }
-    Ok(())
+    miss_latency(args, &runtime, &agent, &mut client)
+}
+
+/// A plain fetch of a 4 KiB asset the daemon does not hold, supplied by
+/// the agent as resolver, beside a local fetch of the same asset.
+fn miss_latency(
+    args: &Args,
+    runtime: &tokio::runtime::Runtime,
+    agent: &Arc<Agent>,
+    client: &mut Client,
+) -> Result<(), String> {
+    const PREFIX: &str = "bench/miss/";
+    let name = format!("{PREFIX}4k");
+    client
+        .publish_bytes(&name, &content(4096))
+        .map_err(|e| e.to_string())?;
+    runtime
+        .block_on(agent.push_name(&name))
+        .map_err(|e| e.to_string())?;
+    let prefixes = vec![PREFIX.to_owned()];
+    let registered = runtime.block_on(memseal_fleet::resolver::register(agent, &prefixes));
+    let resolver = registered.map_err(|e| e.to_string())?;
+    runtime.spawn(memseal_fleet::resolver::resolve(
+        Arc::clone(agent),
+        prefixes,
+        resolver,
+    ));
+    let rounds = args.rounds.max(1) * 4;
+    let mut local = Vec::new();
+    let mut misses = Vec::new();
+    for round in 0..=rounds {
+        remove_local(client, &name)?;
+        let started = Instant::now();
+        client.fetch(&name).map_err(|e| e.to_string())?;
+        let miss = started.elapsed();
+        let started = Instant::now();
+        client.fetch(&name).map_err(|e| e.to_string())?;
+        let hit = started.elapsed();
+        if round > 0 {
+            misses.push(miss);
+            local.push(hit);
+        }
+    }
+    let (local, miss) = (median(&mut local), median(&mut misses));
+    println!("\n| 4 KiB asset, plain client fetch | median | / local fetch |");
+    println!("|---|---|---|");
+    println!(
+        "| held by the node | {:.1} us | 1x |",
+        local.as_secs_f64() * 1e6
+    );
+    println!(
+        "| missing: pulled through the agent | {:.2} ms | {:.0}x |",
+        miss.as_secs_f64() * 1e3,
+        miss.as_secs_f64() / local.as_secs_f64()
+    );
+    remove_local(client, &name)
 }
 
 /// Remove every version of `name` from the daemon (none is fine).

@@ -283,12 +283,12 @@ pub(crate) fn fetch_many(items: Vec<FetchItem>) -> FetchMany {
                 .into_iter()
                 .map(|item| match item {
                     FetchResult::Asset(info) => {
-                        let fd = fds
-                            .next()
-                            .ok_or(Error::Protocol(FrameError::DescriptorCount {
-                                declared: 1,
-                                received: 0,
-                            }))?;
+                        let fd =
+                            fds.next()
+                                .ok_or(Error::Protocol(FrameError::DescriptorCount {
+                                    declared: 1,
+                                    received: 0,
+                                }))?;
                         Ok(Ok((info, fd)))
                     }
                     FetchResult::Error(reply) => Ok(Err(Error::Server {

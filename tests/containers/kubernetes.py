@@ -41,9 +41,9 @@ def load():
     return docs
 
 
-def find(docs, kind):
-    found = [doc for (k, _), doc in docs.items() if k == kind]
-    assert len(found) == 1, f"expected one {kind}, found {len(found)}"
+def find(docs, kind, name=None):
+    found = [doc for (k, n), doc in docs.items() if k == kind and name in (None, n)]
+    assert len(found) == 1, f"expected one {kind} {name or ''}, found {len(found)}"
     return found[0]
 
 
@@ -69,7 +69,10 @@ class Deployment:
 
     def __init__(self):
         docs = load()
-        self.daemonset = find(docs, "DaemonSet")
+        self.daemonset = find(docs, "DaemonSet", "memseald")
+        self.agentset = find(docs, "DaemonSet", "memseal-fleet")
+        self.agent_spec = self.agentset["spec"]["template"]["spec"]
+        (self.agent,) = self.agent_spec["containers"]
         self.pod = find(docs, "Pod")
         self.configmap = find(docs, "ConfigMap")
         self.daemon_spec = self.daemonset["spec"]["template"]["spec"]
@@ -156,6 +159,34 @@ def check():
         "the reader gets the asset the daemon publishes at start",
         command[:2] == ["memseal", "get"] and command[2] == asset["name"],
     )
+
+    agent = d.agent
+    expect("the fleet agent is a DaemonSet of its own (memseald's pod stays off the network)",
+           d.agentset["metadata"]["namespace"] == ds["metadata"]["namespace"]
+           and agent["command"] == ["memseal-fleet"])
+    agent_args = agent["args"]
+    expect(f"the agent talks to the daemon's socket in {SOCKET_DIR}",
+           agent_args[agent_args.index("--socket") + 1] == socket)
+    agent_mounts = d.mounts(d.agent_spec, agent)
+    node_paths = {v["hostPath"]["path"]: m for v, m in agent_mounts if "hostPath" in v}
+    expect(f"of the node the agent mounts only {SOCKET_DIR} and, read-only, its CA certificates",
+           set(node_paths) == {SOCKET_DIR, "/etc/ssl/certs"}
+           and node_paths["/etc/ssl/certs"].get("readOnly") is True)
+    agent_uid = d.agent_spec["securityContext"].get("runAsUser")
+    expect("the agent runs as an ordinary uid the daemon lists as a publisher",
+           d.agent_spec["securityContext"].get("runAsNonRoot") is True
+           and str(agent_uid) in config["policy"].get("publisher_users", []))
+    agent_security = agent.get("securityContext", {})
+    expect("the agent has no capabilities and cannot gain privileges",
+           agent_security.get("capabilities", {}).get("drop") == ["ALL"]
+           and agent_security.get("allowPrivilegeEscalation") is False)
+    expect("the agent's credentials come from a Secret, not the manifest",
+           any("secretRef" in source for source in agent.get("envFrom", []))
+           and not any(e["name"].startswith("AWS_SECRET") for e in agent.get("env", [])))
+    state_dir = agent_args[agent_args.index("--state-dir") + 1]
+    expect("the agent's state directory is writable (an emptyDir)",
+           any(m["mountPath"] == state_dir and "emptyDir" in v for v, m in agent_mounts))
+    expect("the agent runs the image the daemon runs", agent["image"] == d.daemon["image"])
 
     for description, ok in results:
         print(f"{'PASS' if ok else 'FAIL'} {description}")

@@ -58,7 +58,7 @@ unable() {
 [[ $(id -u) == 0 ]] || unable "it must run as root (rootful podman)"
 command -v podman >/dev/null || unable "podman is missing (scripts/install-test-deps.sh installs it)"
 command -v runc >/dev/null || unable "runc is missing (scripts/install-test-deps.sh installs it)"
-for tool in memseald memseal; do
+for tool in memseald memseal memseal-fleet; do
     [[ -x $bin_dir/$tool ]] || die "$bin_dir/$tool is not built (cargo build --workspace --bins)"
 done
 
@@ -66,7 +66,7 @@ image=$(python3 - "$repo/deploy/kubernetes" <<'EOF'
 import pathlib, sys, yaml
 for path in pathlib.Path(sys.argv[1]).glob("*.yaml"):
     for doc in yaml.safe_load_all(path.read_text()):
-        if doc and doc["kind"] == "DaemonSet":
+        if doc and doc["kind"] == "DaemonSet" and doc["metadata"]["name"] == "memseald":
             print(doc["spec"]["template"]["spec"]["containers"][0]["image"])
 EOF
 )
@@ -96,7 +96,7 @@ if ! podman image exists "$base"; then
     tar -C "$rootfs" -c . | podman import --quiet - "$base" >/dev/null || die "podman import failed"
 fi
 mkdir -p "$work/context"
-cp "$bin_dir/memseald" "$bin_dir/memseal" "$work/context/"
+cp "$bin_dir/memseald" "$bin_dir/memseal" "$bin_dir/memseal-fleet" "$work/context/"
 if ! podman --runtime runc build --quiet --network=none --ulimit "nofile=$(ulimit -Hn):$(ulimit -Hn)" \
     --build-arg "BASE_IMAGE=$base" -f "$repo/deploy/container/Containerfile" -t "$image" \
     "$work/context" >"$work/build.log" 2>&1; then

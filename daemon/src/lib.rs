@@ -76,6 +76,7 @@ use tracing::{info, warn};
 /// problems, worded for the person who started it.
 pub fn run(config: Config) -> Result<(), String> {
     raise_descriptor_limit();
+    sys::return_large_buffers_to_the_kernel();
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .thread_name("memseald")

@@ -4,8 +4,9 @@
 //! unsoundly: its `UCred` holds the pid as a non-zero `Pid`, and the kernel
 //! reports pid 0 for a peer in a PID namespace the daemon cannot see, such
 //! as a client in another container), taking ownership of
-//! descriptors the service manager passed, and registering a socket with
-//! tokio's event loop for one kind of readiness.
+//! descriptors the service manager passed, registering a socket with
+//! tokio's event loop for one kind of readiness, and one setting of the C
+//! allocator.
 //!
 //! Each function is a small safe wrapper; callers never see a raw pointer.
 //! Nothing here maps a descriptor a client sent (see [`crate::blob`]).
@@ -15,6 +16,23 @@ use std::os::fd::{AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
 use std::os::unix::net::UnixStream;
 use tokio::io::unix::AsyncFd;
 use tokio::io::Interest;
+
+/// Make the C allocator give every buffer of 256 KiB or more its own
+/// mapping, returned to the kernel when it is freed. By default glibc
+/// raises that threshold each time such a buffer is freed, after which
+/// the upload and hashing buffers (1 to 4 MiB, one per publish at a time)
+/// come from the heap and stay resident long after the publish.
+pub fn return_large_buffers_to_the_kernel() {
+    const THRESHOLD: libc::c_int = 256 << 10;
+    // SAFETY: mallopt takes no pointers and changes one setting of the
+    // allocator, under the allocator's own lock.
+    let accepted = unsafe { libc::mallopt(libc::M_MMAP_THRESHOLD, THRESHOLD) };
+    if accepted != 1 {
+        eprintln!(
+            "memseald: the allocator refused M_MMAP_THRESHOLD; large buffers may stay resident"
+        );
+    }
+}
 
 /// Register `stream` with tokio's event loop for `interest` only (tokio's
 /// own `UnixStream` always asks for reading and writing). Needs the

@@ -22,6 +22,7 @@
 
 use crate::blob::Blob;
 use std::collections::VecDeque;
+use std::io;
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Weak};
@@ -96,10 +97,12 @@ impl Descriptions {
     }
 
     /// A read-only description of `blob` for this connection, or None if
-    /// a new one cannot be opened (an adopted memfd whose owner has since
+    /// the daemon may not open one (an adopted memfd whose owner has since
     /// made it unreadable to the daemon): the caller then hands out the
-    /// blob's own, which only readers of that owner's names get.
-    pub fn of(&mut self, blob: &Arc<Blob>) -> Option<Arc<OwnedFd>> {
+    /// blob's own, which only readers of that owner's names get. Any other
+    /// failure (out of descriptors) is an error: the blob's own
+    /// description is never handed out for want of a new one.
+    pub fn of(&mut self, blob: &Arc<Blob>) -> io::Result<Option<Arc<OwnedFd>>> {
         // Forget descriptions of blobs the catalog has let go.
         self.kept.retain(|(kept, _)| kept.strong_count() > 0);
         self.return_unused();
@@ -110,7 +113,11 @@ impl Descriptions {
         let index = match found {
             Some(index) => index,
             None => {
-                let fd = Arc::new(blob.reopen().ok()?);
+                let fd = match blob.reopen() {
+                    Ok(fd) => Arc::new(fd),
+                    Err(e) if e.kind() == io::ErrorKind::PermissionDenied => return Ok(None),
+                    Err(e) => return Err(e),
+                };
                 if self.kept.len() == KEPT_PER_CONNECTION + self.borrowed {
                     let may_borrow = self.kept.len() < MOST_KEPT_PER_CONNECTION;
                     if may_borrow && self.shared.take() {
@@ -123,15 +130,18 @@ impl Descriptions {
                 self.kept.len() - 1
             }
         };
-        Some(self.kept[index].1.clone())
+        Ok(Some(self.kept[index].1.clone()))
     }
 
     /// The descriptors for a reply that hands out `blobs`, in order.
-    pub fn handout<'a>(&mut self, blobs: &'a [Arc<Blob>]) -> Handout<'a> {
-        Handout {
-            owned: blobs.iter().map(|blob| self.of(blob)).collect(),
+    pub fn handout<'a>(&mut self, blobs: &'a [Arc<Blob>]) -> io::Result<Handout<'a>> {
+        Ok(Handout {
+            owned: blobs
+                .iter()
+                .map(|blob| self.of(blob))
+                .collect::<io::Result<_>>()?,
             blobs,
-        }
+        })
     }
 
     /// Give back to the pool what `kept` no longer needs.
@@ -192,13 +202,13 @@ mod tests {
         let blob = blob(b"some bytes");
         let shared = SharedKept::new(0);
         let (mut a, mut b) = (Descriptions::new(shared.clone()), Descriptions::new(shared));
-        let first = a.of(&blob).unwrap();
+        let first = a.of(&blob).unwrap().unwrap();
         assert!(
-            Arc::ptr_eq(&a.of(&blob).unwrap(), &first),
+            Arc::ptr_eq(&a.of(&blob).unwrap().unwrap(), &first),
             "kept for the next fetch"
         );
         rustix::fs::seek(&*first, rustix::fs::SeekFrom::Start(4)).unwrap();
-        let other = b.of(&blob).unwrap();
+        let other = b.of(&blob).unwrap().unwrap();
         assert_ne!(first.as_raw_fd(), other.as_raw_fd());
         assert_eq!(
             rustix::fs::tell(&*other).unwrap(),
@@ -216,12 +226,12 @@ mod tests {
         let mut kept = Descriptions::new(SharedKept::new(0));
         let blobs: Vec<Arc<Blob>> = (0..6u8).map(|i| blob(&[i])).collect();
         for blob in &blobs {
-            kept.of(blob);
+            kept.of(blob).unwrap();
         }
         assert_eq!(kept.kept.len(), KEPT_PER_CONNECTION);
         drop(blobs);
         let other = blob(b"x");
-        kept.of(&other);
+        kept.of(&other).unwrap();
         assert_eq!(kept.kept.len(), 1);
         kept.clear();
         assert!(kept.kept.is_empty());
@@ -233,14 +243,14 @@ mod tests {
         let blobs: Vec<Arc<Blob>> = (0..80u8).map(|i| blob(&[i])).collect();
         let mut first = Descriptions::new(shared.clone());
         for blob in &blobs[..20] {
-            first.of(blob);
+            first.of(blob).unwrap();
         }
         // Its own 4 and all 10 of the pool.
         assert_eq!(first.kept.len(), KEPT_PER_CONNECTION + 10);
         assert_eq!(shared.free.load(Ordering::Relaxed), 0);
         let mut second = Descriptions::new(shared.clone());
         for blob in &blobs[20..40] {
-            second.of(blob);
+            second.of(blob).unwrap();
         }
         assert_eq!(
             second.kept.len(),
@@ -248,17 +258,20 @@ mod tests {
             "an empty pool still leaves every connection its own few"
         );
         // The most recent are the ones kept: fetching them again opens nothing.
-        let again = second.of(&blobs[39]).unwrap();
-        assert!(Arc::ptr_eq(&again, &second.of(&blobs[39]).unwrap()));
+        let again = second.of(&blobs[39]).unwrap().unwrap();
+        assert!(Arc::ptr_eq(
+            &again,
+            &second.of(&blobs[39]).unwrap().unwrap()
+        ));
         drop(first);
         assert_eq!(shared.free.load(Ordering::Relaxed), 10, "given back");
         for blob in &blobs {
-            second.of(blob);
+            second.of(blob).unwrap();
         }
         assert_eq!(second.kept.len(), KEPT_PER_CONNECTION + 10);
         // Versions let go give their borrowed places back.
         drop(blobs);
-        second.of(&blob(b"y"));
+        second.of(&blob(b"y")).unwrap();
         assert_eq!(second.kept.len(), 1);
         assert_eq!(shared.free.load(Ordering::Relaxed), 10);
     }
@@ -269,7 +282,7 @@ mod tests {
         let blobs: Vec<Arc<Blob>> = (0..100u8).map(|i| blob(&[i])).collect();
         let mut kept = Descriptions::new(shared.clone());
         for blob in &blobs {
-            kept.of(blob);
+            kept.of(blob).unwrap();
         }
         assert_eq!(kept.kept.len(), MOST_KEPT_PER_CONNECTION);
         assert_eq!(

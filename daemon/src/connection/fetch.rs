@@ -40,8 +40,10 @@ impl Connection {
         match self.find(name, selector).await {
             Ok((info, blob)) => {
                 let blobs = [blob];
-                let handout = self.descriptions.handout(&blobs);
-                self.reply_with(Response::Asset(info), handout.fds()).await
+                match self.descriptions.handout(&blobs) {
+                    Ok(handout) => self.reply_with(Response::Asset(info), handout.fds()).await,
+                    Err(e) => self.reply(no_description(e), None).await,
+                }
             }
             Err(e) => self.reply_error(e).await,
         }
@@ -94,8 +96,10 @@ impl Connection {
             });
         }
         let (response, blobs) = self.assets_answer(found);
-        let handout = self.descriptions.handout(&blobs);
-        self.reply_with(response, handout.fds()).await
+        match self.descriptions.handout(&blobs) {
+            Ok(handout) => self.reply_with(response, handout.fds()).await,
+            Err(e) => self.reply(no_description(e), None).await,
+        }
     }
 
     /// The answer to a batch whose items came to `found`, and the blobs
@@ -191,4 +195,16 @@ impl Connection {
             None => missing,
         }
     }
+}
+
+/// The answer when the daemon cannot open a description of its own for a
+/// reader (out of descriptors): busy, rather than the blob's shared one.
+fn no_description(error: std::io::Error) -> Response {
+    tracing::warn!("cannot open a read-only description for a reader: {error}");
+    Response::error(
+        ErrorCode::Busy,
+        format!(
+            "memseald cannot open a descriptor for this asset right now ({error}); retry shortly"
+        ),
+    )
 }

@@ -185,14 +185,17 @@ impl Connection {
         if !self.try_make_room(found.len())? {
             return Ok(Served::NotHere(request));
         }
-        let (response, blobs) = match request.message {
+        let (response, blobs) = match &request.message {
             Request::Fetch { .. } => {
                 let [(info, blob)] = <[_; 1]>::try_from(found).expect("one version for a fetch");
                 (Response::Asset(info), vec![blob])
             }
             _ => self.assets_answer(found.into_iter().map(Ok).collect()),
         };
-        let handout = self.descriptions.handout(&blobs);
+        // The event loop answers the rare failure (out of descriptors).
+        let Ok(handout) = self.descriptions.handout(&blobs) else {
+            return Ok(Served::NotHere(request));
+        };
         self.send_now(&response, &handout.fds())?;
         Ok(Served::Answered)
     }

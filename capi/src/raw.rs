@@ -54,9 +54,10 @@ pub(crate) unsafe fn array<'a, T>(
         return Err(Failure::null(what));
     }
     possible_length::<T>(len, what)?;
-    // SAFETY: not NULL, aligned and initialised (a `T *` from C), `len`
-    // values span at most isize::MAX bytes (checked above), and they are
-    // readable and unchanged for 'a by the caller's promise.
+    // `ptr` is not NULL, aligned and initialised (a `T *` from C), and
+    // `possible_length` bounded the span to isize::MAX bytes.
+    // SAFETY: so, with the caller's promise that the values stay readable
+    // and unchanged for 'a, this is a valid shared slice.
     Ok(unsafe { slice::from_raw_parts(ptr, len) })
 }
 
@@ -78,14 +79,13 @@ pub(crate) unsafe fn opt_out_array<'a, T: Copy>(
     }
     possible_length::<T>(len, what)?;
     for i in 0..len {
-        // SAFETY: within the `len` writable entries the caller promised;
-        // `write` neither reads nor drops what was there, which may be
-        // uninitialised memory.
+        // `write` neither reads nor drops what was there (maybe garbage).
+        // SAFETY: `i < len`, within the writable entries the caller promised.
         unsafe { ptr.add(i).write(empty) };
     }
-    // SAFETY: not NULL, aligned (a `T *` from C), every entry initialised
-    // just above, at most isize::MAX bytes (checked above), and used by
-    // nothing else for 'a by the caller's promise.
+    // Not NULL, aligned (a `T *` from C), every entry initialised above,
+    // at most isize::MAX bytes (`possible_length`).
+    // SAFETY: and nothing else uses it for 'a, by the caller's promise.
     Ok(Some(unsafe { slice::from_raw_parts_mut(ptr, len) }))
 }
 
@@ -148,9 +148,9 @@ pub(crate) unsafe fn handle<'a, T>(ptr: *const T, what: &str) -> Result<&'a T, F
 /// # Safety
 /// As for [`handle`].
 pub(crate) unsafe fn opt_handle<'a, T>(ptr: *const T) -> Option<&'a T> {
-    // SAFETY: a live handle is a pointer from Box::into_raw (see
-    // `into_handle`), so it is aligned and points to an initialised T;
-    // handles are only ever borrowed shared, so no &mut aliases it.
+    // A live handle comes from Box::into_raw (`into_handle`) and is only
+    // ever borrowed shared.
+    // SAFETY: so it is aligned, points to an initialised T, and no &mut aliases it.
     unsafe { ptr.as_ref() }
 }
 
@@ -207,10 +207,9 @@ pub(crate) unsafe fn opt_out<'a, T: Copy>(ptr: *mut T, empty: T) -> Option<Out<'
     if ptr.is_null() {
         return None;
     }
-    // SAFETY: not NULL; writable storage for a T that nothing else uses
-    // for 'a, by the caller's promise. T is Copy (pointers, integers), so
-    // writing over whatever was there drops nothing, and every bit
-    // pattern the caller left is a valid T to overwrite.
+    // T is Copy (pointers, integers): overwriting whatever the caller left
+    // drops nothing.
+    // SAFETY: not NULL, writable and unused by anything else for 'a (the caller's promise).
     let slot = unsafe { &mut *ptr };
     *slot = empty;
     Some(Out(slot))

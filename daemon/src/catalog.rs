@@ -8,6 +8,15 @@
 //! listing is one bounded page, and the totals are kept as counters. So
 //! however large the catalog, holding the lock is always brief.
 //!
+//! # Two indexes of names
+//!
+//! Names are kept twice, sharing one allocation per name: a hash map from
+//! the name to its entry, which every fetch, publish and remove uses, and
+//! an ordered set of the names, which only listings and snapshot pages
+//! walk. A lookup in an ordered tree compares the name with a key at each
+//! of its levels, and at a million names each of those keys is a miss to
+//! cold memory; the hash map costs one probe whatever the size.
+//!
 //! # Versions without tombstones
 //!
 //! A name exists while it has a kept version. When its last version goes,
@@ -36,7 +45,7 @@
 use crate::blob::{Blob, BlobKey};
 use memseal_proto::persisted::{forgotten_slot, FORGOTTEN_SLOTS};
 use memseal_proto::{AssetInfo, ErrorCode, Selector, SnapshotName, StoredVersion};
-use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::collections::{BTreeSet, HashMap, VecDeque};
 use std::fmt;
 use std::ops::Bound;
 use std::sync::Arc;
@@ -112,6 +121,82 @@ struct NameEntry {
     versions: VecDeque<Version>,
 }
 
+impl NameEntry {
+    /// A name that appears, numbered from `floor` on.
+    fn new(floor: u64) -> Self {
+        NameEntry {
+            last_version: floor,
+            versions: VecDeque::new(),
+        }
+    }
+}
+
+/// The names that have at least one kept version, findable by name in one
+/// probe and walkable in name order (see the module documentation). Every
+/// change goes through [`Names::insert`] and [`Names::remove`], so the two
+/// indexes always hold the same names.
+#[derive(Debug, Default)]
+struct Names {
+    entries: HashMap<Arc<str>, NameEntry>,
+    order: BTreeSet<Arc<str>>,
+}
+
+impl Names {
+    fn len(&self) -> usize {
+        self.entries.len()
+    }
+
+    fn get(&self, name: &str) -> Option<&NameEntry> {
+        self.entries.get(name)
+    }
+
+    fn get_mut(&mut self, name: &str) -> Option<&mut NameEntry> {
+        self.entries.get_mut(name)
+    }
+
+    /// The entry of `name`, added with `new` if the name has none.
+    fn get_or_insert(&mut self, name: &str, new: impl FnOnce() -> NameEntry) -> &mut NameEntry {
+        // Looked up before it is inserted, so that publishing a name that
+        // exists allocates no key.
+        if !self.entries.contains_key(name) {
+            let key: Arc<str> = Arc::from(name);
+            self.order.insert(key.clone());
+            self.entries.insert(key, new());
+        }
+        self.entries.get_mut(name).expect("inserted above")
+    }
+
+    fn remove(&mut self, name: &str) -> Option<NameEntry> {
+        self.order.remove(name);
+        self.entries.remove(name)
+    }
+
+    /// Whether both indexes hold exactly the same names.
+    #[cfg(test)]
+    fn agree(&self) -> bool {
+        self.order.len() == self.entries.len()
+            && self.order.iter().all(|name| {
+                self.entries
+                    .get_key_value(name)
+                    .is_some_and(|(key, _)| Arc::ptr_eq(key, name))
+            })
+    }
+
+    fn values_mut(&mut self) -> impl Iterator<Item = &mut NameEntry> {
+        self.entries.values_mut()
+    }
+
+    /// Names after `lower`, in order, with their entries.
+    fn range_from<'a>(
+        &'a self,
+        lower: Bound<&str>,
+    ) -> impl Iterator<Item = (&'a Arc<str>, &'a NameEntry)> + 'a {
+        self.order
+            .range::<str, _>((lower, Bound::Unbounded))
+            .map(|name| (name, &self.entries[name]))
+    }
+}
+
 #[derive(Debug)]
 struct BlobEntry {
     blob: Arc<Blob>,
@@ -170,7 +255,7 @@ pub struct Totals {
 pub struct Catalog {
     budget: Budget,
     /// Only names with at least one kept version.
-    names: BTreeMap<String, NameEntry>,
+    names: Names,
     blobs: HashMap<BlobKey, BlobEntry>,
     /// Slot `forgotten_slot(name)` is at least the highest number any
     /// forgotten name of that slot reached.
@@ -193,7 +278,7 @@ impl Catalog {
     pub fn new(budget: Budget) -> Self {
         Catalog {
             budget,
-            names: BTreeMap::new(),
+            names: Names::default(),
             blobs: HashMap::new(),
             forgotten: vec![0; FORGOTTEN_SLOTS].into_boxed_slice(),
             versions: 0,
@@ -365,10 +450,7 @@ impl Catalog {
         let mut changes = Vec::new();
         let blob = self.hold(blob, &mut changes);
         let floor = self.forgotten[forgotten_slot(name)];
-        let entry = self.names.entry(name.to_owned()).or_insert(NameEntry {
-            last_version: floor,
-            versions: VecDeque::new(),
-        });
+        let entry = self.names.get_or_insert(name, || NameEntry::new(floor));
         entry.last_version += 1;
         let info = AssetInfo {
             name: name.to_owned(),
@@ -422,24 +504,13 @@ impl Catalog {
     /// name's highest number. Refuses a version not newer than the newest
     /// one present for the name.
     pub fn restore(&mut self, version: Version, last_version: u64) -> bool {
-        let floor = self.forgotten[forgotten_slot(&version.info.name)];
-        let entry = self
-            .names
-            .entry(version.info.name.clone())
-            .or_insert(NameEntry {
-                last_version: floor,
-                versions: VecDeque::new(),
-            });
-        if entry
-            .versions
-            .back()
-            .is_some_and(|v| v.info.version >= version.info.version)
-        {
-            if entry.versions.is_empty() {
-                self.names.remove(&version.info.name);
-            }
+        let name = version.info.name.as_str();
+        let newest = self.names.get(name).and_then(|entry| entry.versions.back());
+        if newest.is_some_and(|v| v.info.version >= version.info.version) {
             return false;
         }
+        let floor = self.forgotten[forgotten_slot(name)];
+        let entry = self.names.get_or_insert(name, || NameEntry::new(floor));
         entry.last_version = entry
             .last_version
             .max(last_version)
@@ -543,9 +614,9 @@ impl Catalog {
             entry.versions = good;
             doomed.extend(bad);
         }
-        let emptied: Vec<(String, u64)> = self
+        let emptied: Vec<(Arc<str>, u64)> = self
             .names
-            .iter()
+            .range_from(Bound::Unbounded)
             .filter(|(_, entry)| entry.versions.is_empty())
             .map(|(name, entry)| (name.clone(), entry.last_version))
             .collect();
@@ -631,13 +702,13 @@ impl Catalog {
         &'a self,
         prefix: &'a str,
         start_after: Option<&str>,
-    ) -> impl Iterator<Item = (&'a String, &'a NameEntry)> + 'a {
+    ) -> impl Iterator<Item = (&'a Arc<str>, &'a NameEntry)> + 'a {
         let lower = match start_after {
-            Some(after) if after >= prefix => Bound::Excluded(after.to_owned()),
-            _ => Bound::Included(prefix.to_owned()),
+            Some(after) if after >= prefix => Bound::Excluded(after),
+            _ => Bound::Included(prefix),
         };
         self.names
-            .range((lower, Bound::Unbounded))
+            .range_from(lower)
             .take_while(move |(name, _)| name.starts_with(prefix))
     }
 
@@ -707,7 +778,7 @@ impl Catalog {
             .names_from("", start_after)
             .take(limit)
             .map(|(name, entry)| SnapshotName {
-                name: name.clone(),
+                name: name.to_string(),
                 last_version: entry.last_version,
                 versions: entry
                     .versions
@@ -984,6 +1055,68 @@ mod tests {
             }
         }
         assert_eq!(seen, ["s/0", "s/1", "s/2", "s/3", "s/4"]);
+    }
+
+    #[test]
+    fn both_name_indexes_always_agree() {
+        let mut c = catalog(2, 1000);
+        let mut random = 0x9e37_79b9_7f4a_7c15u64;
+        let mut next = |below: u64| {
+            random ^= random << 13;
+            random ^= random >> 7;
+            random ^= random << 17;
+            random % below
+        };
+        for _ in 0..2_000 {
+            let name = format!("n/{}", next(12));
+            match next(4) {
+                0 | 1 => {
+                    publish(&mut c, &name, &[next(4) as u8]);
+                }
+                2 => {
+                    let _ = c.remove(&name, None);
+                }
+                _ => {
+                    let _ = c.remove(&name, Some(next(40)));
+                }
+            }
+            assert!(c.names.agree());
+            let listed: Vec<String> = c
+                .list("", None, 100)
+                .0
+                .into_iter()
+                .map(|i| i.name)
+                .collect();
+            let mut found: Vec<String> = (0..12)
+                .map(|i| format!("n/{i}"))
+                .filter(|n| c.find(n, Selector::Latest).is_ok())
+                .collect();
+            found.sort();
+            assert_eq!(listed, found);
+            assert_eq!(c.totals().names as usize, listed.len());
+        }
+        // Restores, refused restores and a broken blob's discard keep them
+        // in step too.
+        let version = c.find("n/3", Selector::Latest).ok().cloned();
+        if let Some(v) = version {
+            assert!(!c.restore(v, 0));
+        }
+        let mut fresh = catalog(2, 1000);
+        for (_, entry) in c.names.range_from(Bound::Unbounded) {
+            for v in &entry.versions {
+                assert!(fresh.restore(v.clone(), entry.last_version));
+            }
+        }
+        assert!(fresh.names.agree());
+        assert_eq!(fresh.list("", None, 100), c.list("", None, 100));
+        let keys: Vec<BlobKey> = fresh.blobs().map(|b| b.key()).collect();
+        let mut changes = Vec::new();
+        for key in keys {
+            fresh.discard(key, &mut changes);
+            assert!(fresh.names.agree());
+        }
+        assert_eq!(fresh.totals(), Totals::default());
+        assert!(fresh.names.order.is_empty());
     }
 
     #[test]

@@ -126,7 +126,10 @@ impl NameEntry {
     fn new(floor: u64) -> Self {
         NameEntry {
             last_version: floor,
-            versions: VecDeque::new(),
+            // Room for one version: most names keep only one, and a deque's
+            // first growth would make room for four (over 300 bytes more
+            // per name).
+            versions: VecDeque::with_capacity(1),
         }
     }
 }
@@ -465,10 +468,12 @@ impl Catalog {
             blob: blob.clone(),
             charged: claim.uid.is_some(),
         };
-        entry.versions.push_back(version.clone());
+        // Superseded versions go before the new one comes, so a deque
+        // never grows past the versions kept.
         let keep = self.budget.keep_versions.max(1);
-        let excess = entry.versions.len().saturating_sub(keep);
+        let excess = (entry.versions.len() + 1).saturating_sub(keep);
         let superseded: Vec<Version> = entry.versions.drain(..excess).collect();
+        entry.versions.push_back(version.clone());
         self.charge(&version);
         changes.push(Change::Published(version));
         for old in superseded {
@@ -856,6 +861,16 @@ mod tests {
         assert_eq!(c.totals().bytes, 0);
         // Numbers are never reused.
         assert_eq!(publish(&mut c, "a", b"four").version, 4);
+    }
+
+    #[test]
+    fn a_name_holds_room_for_its_kept_versions_only() {
+        let mut c = catalog(1, 1000);
+        for bytes in [b"1", b"2", b"3"] {
+            publish(&mut c, "one", bytes);
+        }
+        assert_eq!(c.names.get("one").unwrap().versions.capacity(), 1);
+        assert_eq!(c.find("one", Selector::Latest).unwrap().info.version, 3);
     }
 
     #[test]

@@ -32,7 +32,9 @@ pub fn start(config: &DaemonConfig, dir: &Path, assets_dir: Option<&Path>) -> io
     Daemon::builder()
         .binary(&config.binary)
         .ready_by_notification()
-        .env("MEMSEAL_LOG", "warn")
+        // Warnings, and the line in which each fill of a memfd says where
+        // its time went (read by the publish table).
+        .env("MEMSEAL_LOG", "warn,memseal::stages=debug")
         .args([
             "--assets-dir".to_owned(),
             assets.display().to_string(),
@@ -42,4 +44,15 @@ pub fn start(config: &DaemonConfig, dir: &Path, assets_dir: Option<&Path>) -> io
             config.max_asset_size.to_string(),
         ])
         .try_start_in(dir)
+}
+
+/// The number logged after `key` (like `took_us=`) in one line of a
+/// daemon's log.
+pub fn log_number(line: &str, key: &str) -> Option<u64> {
+    let start = line.find(key)? + key.len();
+    let digits: String = line[start..]
+        .chars()
+        .take_while(char::is_ascii_digit)
+        .collect();
+    digits.parse().ok()
 }

@@ -300,7 +300,7 @@ impl Bench {
         if wanted(Part::Publish) {
             eprintln!("4/8 publish throughput");
             let (publish, publish_targets) = scenario::publish::run(&self)?;
-            sections.push(publish);
+            sections.extend(publish);
             targets.extend(publish_targets);
         }
         if wanted(Part::Footprint) {

@@ -9,12 +9,14 @@
 //! hashed before the blob exists at all, so nothing half-written is ever
 //! visible:
 //!
-//! - [`BlobWriter`]: bytes read from the client's socket, written into a
-//!   new memfd with `pwrite` (never through a shared writable mapping,
-//!   which would make `F_SEAL_WRITE` fail with `EBUSY`) and hashed on the
-//!   way in;
-//! - [`from_descriptor`] with a regular file: read with `pread` into the
-//!   same kind of writer;
+//! - [`BlobWriter`]: bytes from the client's socket, moved into a new
+//!   memfd by the kernel (`splice` through a pipe, or `pwrite` for small
+//!   uploads; never through a shared writable mapping, which would make
+//!   `F_SEAL_WRITE` fail with `EBUSY`) and hashed a step behind, on a
+//!   thread of their own (see `writer`);
+//! - [`from_descriptor`] with a regular file: copied kernel-side
+//!   (`sendfile`, or `pread` where the file system cannot) into the same
+//!   kind of writer;
 //! - [`from_descriptor`] with a memfd that already carries the WRITE, GROW
 //!   and SHRINK seals: adopted without copying, when it can be made to
 //!   look exactly like one of the daemon's own (see `adopt`).
@@ -29,16 +31,25 @@
 //!    a descriptor counts only once `F_GET_SEALS` has shown GROW and
 //!    SHRINK; before that it is at most a hint for an early refusal.
 //! 2. **The daemon never maps a descriptor it did not create.** Every byte
-//!    of a publisher's file is read with `pread`, which reports a short
-//!    read or an error and cannot fault. A mapping could: a page past the
-//!    end of the file raises `SIGBUS`, and so can a sealed hugetlbfs memfd
-//!    whose pages the host cannot supply. The daemon reads its own memfds
-//!    with `pread` as well, so no path in the daemon maps file contents.
+//!    of a publisher's file is read by the kernel on the daemon's behalf
+//!    (`sendfile`, `pread`), which reports a short read or an error and
+//!    cannot fault. A mapping could: a page past the end of the file
+//!    raises `SIGBUS`, and so can a sealed hugetlbfs memfd whose pages the
+//!    host cannot supply, and reading a hole of a sparse memfd through a
+//!    mapping allocates a page the daemon pays for. The one mapping of
+//!    file contents in the daemon is of a memfd it created and is filling,
+//!    sealed against shrinking from its creation (`writer` says why that
+//!    is sound); stored blobs are read with `pread`.
 //!
 //! Memfds of 2 MiB and more are prepared so that transparent huge pages can
 //! back them wherever the host allows it (see `prepare_huge_pages`):
 //! readers that map such an asset 2 MiB-aligned then need one page-table
 //! entry per 2 MiB instead of 512.
+
+#[allow(unsafe_code)]
+mod writer;
+
+pub use writer::BlobWriter;
 
 use crate::sys;
 use memseal_proto::Hash;
@@ -263,7 +274,10 @@ fn create_memfd(size: u64) -> io::Result<OwnedFd> {
     };
     // Size it up front: one allocation of the inode size, and a publisher
     // that lies about its size is caught by the byte count, not by growth.
+    // Sealed at that size at once, so no page of it can ever vanish from
+    // under the writer's hash (see `writer`).
     rustix::fs::ftruncate(&fd, size)?;
+    rustix::fs::fcntl_add_seals(&fd, SealFlags::GROW | SealFlags::SHRINK)?;
     prepare_huge_pages(&fd, size);
     Ok(fd)
 }
@@ -408,64 +422,6 @@ pub fn hash_file(fd: BorrowedFd<'_>, size: u64) -> io::Result<Hash> {
     Ok(*hasher.finalize().as_bytes())
 }
 
-/// Writes the bytes of a new blob into a fresh memfd, hashing them on the
-/// way in. Dropped before [`BlobWriter::finish`], it leaves nothing behind.
-pub struct BlobWriter {
-    fd: OwnedFd,
-    size: u64,
-    written: u64,
-    hasher: blake3::Hasher,
-}
-
-impl BlobWriter {
-    /// Create the memfd for `size` bytes. The caller has already reserved
-    /// `size` bytes of budget.
-    pub fn new(size: u64) -> io::Result<BlobWriter> {
-        Ok(BlobWriter {
-            fd: create_memfd(size)?,
-            size,
-            written: 0,
-            hasher: blake3::Hasher::new(),
-        })
-    }
-
-    /// Bytes still expected.
-    pub fn remaining(&self) -> u64 {
-        self.size - self.written
-    }
-
-    /// Append bytes. The caller never passes more than
-    /// [`BlobWriter::remaining`].
-    pub fn write(&mut self, mut bytes: &[u8]) -> io::Result<()> {
-        debug_assert!(bytes.len() as u64 <= self.remaining());
-        hash_update(&mut self.hasher, bytes);
-        while !bytes.is_empty() {
-            match rustix::io::pwrite(&self.fd, bytes, self.written) {
-                Ok(n) => {
-                    self.written += n as u64;
-                    bytes = &bytes[n..];
-                }
-                Err(Errno::INTR) => {}
-                Err(e) => return Err(e.into()),
-            }
-        }
-        Ok(())
-    }
-
-    /// Seal the complete memfd into a blob.
-    pub fn finish(self) -> io::Result<Blob> {
-        debug_assert_eq!(self.written, self.size);
-        Ok(Blob {
-            fd: seal(self.fd)?,
-            size: self.size,
-            key: BlobKey {
-                hash: *self.hasher.finalize().as_bytes(),
-                owner: daemon_uid(),
-            },
-        })
-    }
-}
-
 /// How a descriptor publish was satisfied, for logs and benchmarks.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Ingested {
@@ -573,31 +529,55 @@ fn adopt(
     }))
 }
 
-/// Copy `size` bytes of a file into a new sealed memfd, hashing them on
-/// the way. A file that turns out shorter is refused.
+/// Copy `size` bytes of a file into a new sealed memfd, kernel-side where
+/// the file's file system allows it, hashed as it fills. A file that turns
+/// out shorter is refused.
 fn copy(source: BorrowedFd<'_>, size: u64) -> Result<Blob, IngestError> {
     let mut writer = BlobWriter::new(size)?;
-    let mut buffer = vec![0u8; (size as usize).clamp(1, CHUNK)];
+    // Set once the file system turns out not to support `sendfile`.
+    let mut buffer: Option<Vec<u8>> = None;
     while writer.remaining() > 0 {
         let offset = size - writer.remaining();
-        let want = (writer.remaining() as usize).min(buffer.len());
-        let got = match pread_full(source, &mut buffer[..want], offset) {
-            Ok(got) => got,
-            Err(e) if e.raw_os_error() == Some(libc::EBADF) => {
-                return Err(IngestError::Unreadable(e));
+        let want = (writer.remaining() as usize).min(COPY_STEP);
+        let got = match &mut buffer {
+            None => match writer.send_file_from(source, offset, want) {
+                Ok(got) => got,
+                Err(e) if e.raw_os_error() == Some(libc::EINVAL) => {
+                    buffer = Some(vec![0u8; want]);
+                    continue;
+                }
+                Err(e) => return Err(unreadable_if_badf(e)),
+            },
+            Some(buffer) => {
+                let got =
+                    pread_full(source, &mut buffer[..want], offset).map_err(unreadable_if_badf)?;
+                writer.write(&buffer[..got])?;
+                got
             }
-            Err(e) => return Err(e.into()),
         };
-        if got < want {
+        if got == 0 {
             // The file shrank while we read it.
             return Err(IngestError::SizeMismatch {
                 declared: size,
-                actual: offset + got as u64,
+                actual: offset,
             });
         }
-        writer.write(&buffer[..got])?;
     }
     Ok(writer.finish()?)
+}
+
+/// Bytes a copy asks the kernel for at once: a few hash steps, so the
+/// hash can follow closely.
+const COPY_STEP: usize = 4 * writer::HASH_STEP as usize;
+
+/// A read error, as the publisher's fault if its descriptor was not
+/// readable at all.
+fn unreadable_if_badf(e: io::Error) -> IngestError {
+    if e.raw_os_error() == Some(libc::EBADF) {
+        IngestError::Unreadable(e)
+    } else {
+        e.into()
+    }
 }
 
 #[cfg(test)]

@@ -516,6 +516,38 @@ fn descriptors_nobody_asked_for_are_closed_at_once() {
     let _ = peer.try_recv();
     none_left("descriptor on upload bytes");
 
+    // The same on an upload large enough to be spliced from the socket:
+    // the kernel closes the descriptor unread, and only the bytes count.
+    let size = 3 << 20;
+    let body = pattern(size, 9);
+    let mut peer = RawPeer::handshake(socket);
+    peer.send(&Request::Publish {
+        name: "unasked/large-upload".into(),
+        size: size as u64,
+        source: PublishSource::Stream,
+    });
+    assert_eq!(peer.recv(), Response::Continue);
+    write_raw(&peer, &body[..1 << 20]);
+    peer.stream
+        .send_with_fd(&body[1 << 20..(1 << 20) + 100], &[fd])
+        .expect("send");
+    write_raw(&peer, &body[(1 << 20) + 100..]);
+    match peer.try_recv() {
+        Ok(Response::Published(info)) => {
+            assert_eq!(info.size, size as u64);
+            let asset = daemon.client().fetch("unasked/large-upload").unwrap();
+            assert!(asset[..] == body[..], "only the bytes were published");
+            drop(asset);
+            let mut client = daemon.client();
+            client.remove("unasked/large-upload", None).unwrap();
+        }
+        // Ending the connection instead is allowed too (PROTOCOL.md 7.10).
+        Ok(other) => panic!("a large upload with a descriptor answered {other:?}"),
+        Err(_) => {}
+    }
+    drop(peer);
+    none_left("descriptor on spliced upload bytes");
+
     // A descriptor on the length prefix of a frame that declares 4 GiB.
     let mut peer = RawPeer::handshake(socket);
     peer.stream

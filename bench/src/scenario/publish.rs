@@ -31,8 +31,8 @@ const RSS_SLACK_KIB: u64 = 1024;
 /// An adoption may take at most this multiple of hashing alone.
 const ADOPT_VS_HASH: f64 = 1.2;
 
-/// Run the publish table.
-pub fn run(bench: &Bench) -> io::Result<(Section, Vec<Target>)> {
+/// Run the publish table, and the table of where a publish's time goes.
+pub fn run(bench: &Bench) -> io::Result<(Vec<Section>, Vec<Target>)> {
     let mut section = Section::new(
         "Publish throughput",
         "Median time of one publish, client call to reply, and the resulting rate. \
@@ -50,6 +50,26 @@ pub fn run(bench: &Bench) -> io::Result<(Section, Vec<Target>)> {
             col("GB/s", Kind::Number),
             col("rate / cp rate", Kind::Ratio),
             col("time / hash time (all CPUs)", Kind::Ratio),
+        ],
+    );
+    let mut stages_section = Section::new(
+        "Where a publish's time goes",
+        "Medians over the same publishes as the table above, from the line in which the \
+         daemon says where each fill of a memfd spent its time. total: from the memfd's \
+         creation to its seal. copying: in the system calls that moved the bytes into the \
+         memfd (splice from the socket's pipe for a stream, sendfile for a file). hashing: \
+         BLAKE3 of the memfd, on the thread that follows the writer a 4 MiB step behind, \
+         overlapping the copy. hash tail: after the last byte, waiting for the hash to \
+         catch up. waiting: the rest, mostly the stream's bytes not there yet (the \
+         client copying them into the socket).",
+        vec![
+            col("size", Kind::Text),
+            col("method", Kind::Text),
+            col("total ms", Kind::Number),
+            col("copying ms", Kind::Number),
+            col("hashing ms", Kind::Number),
+            col("hash tail ms", Kind::Number),
+            col("waiting ms", Kind::Number),
         ],
     );
     let mut targets = Vec::new();
@@ -73,18 +93,21 @@ pub fn run(bench: &Bench) -> io::Result<(Section, Vec<Target>)> {
         data::write_file(&source, &bytes)?;
         let memfd = data::sealed_memfd("bench-adopt", &bytes)?;
 
+        let log_start = bench.daemon.logs().len();
         let stream = time(runs, || {
             client
                 .publish_bytes("publish/stream", &bytes)
                 .map(drop)
                 .map_err(io::Error::other)
         })?;
+        let log_middle = bench.daemon.logs().len();
         let file = time(runs, || {
             client
                 .publish_file("publish/file", &File::open(&source)?)
                 .map(drop)
                 .map_err(io::Error::other)
         })?;
+        let log_end = bench.daemon.logs().len();
         let adopt = time(runs, || {
             client
                 .publish_sealed("publish/adopt", memfd.as_fd())
@@ -127,6 +150,27 @@ pub fn run(bench: &Bench) -> io::Result<(Section, Vec<Target>)> {
         std::fs::remove_file(&source)?;
         std::thread::sleep(Duration::from_millis(200));
         let after_kib = crate::procfs::rss_kib(bench.daemon.pid())?;
+
+        let log = bench.daemon.logs();
+        for (method, part) in [
+            ("stream", &log[log_start..log_middle]),
+            ("file", &log[log_middle..log_end]),
+        ] {
+            let Some(stages) = Stages::median(part, size) else {
+                eprintln!("  the daemon did not log where the {method} publishes spent their time");
+                continue;
+            };
+            let waiting = stages.total - stages.copy - stages.hash_tail;
+            stages_section.push(vec![
+                text(&label),
+                text(method),
+                num(stages.total),
+                num(stages.copy),
+                num(stages.hash),
+                num(stages.hash_tail),
+                num(waiting.max(0.0)),
+            ]);
+        }
 
         let rate = |d: Duration| size as f64 / d.as_secs_f64() / 1e9;
         for (method, d) in [
@@ -184,7 +228,41 @@ pub fn run(bench: &Bench) -> io::Result<(Section, Vec<Target>)> {
             met: adopt_ratio <= ADOPT_VS_HASH,
         });
     }
-    Ok((section, targets))
+    Ok((vec![section, stages_section], targets))
+}
+
+/// Where the fills of one kind of publish spent their time, in ms.
+struct Stages {
+    total: f64,
+    copy: f64,
+    hash: f64,
+    hash_tail: f64,
+}
+
+impl Stages {
+    /// The medians of each field over the "fill stages" lines of `size`
+    /// bytes in `log`.
+    fn median(log: &str, size: usize) -> Option<Stages> {
+        let size_field = format!("size={size} ");
+        let lines: Vec<&str> = log
+            .lines()
+            .filter(|line| line.contains("fill stages") && line.contains(&size_field))
+            .collect();
+        let median_ms = |key: &str| -> Option<f64> {
+            let mut values = lines
+                .iter()
+                .map(|line| crate::daemon::log_number(line, key))
+                .collect::<Option<Vec<u64>>>()?;
+            values.sort_unstable();
+            Some(*values.get(values.len() / 2)? as f64 / 1e3)
+        };
+        Some(Stages {
+            total: median_ms("total_us=")?,
+            copy: median_ms("copy_us=")?,
+            hash: median_ms("hash_us=")?,
+            hash_tail: median_ms("hash_tail_us=")?,
+        })
+    }
 }
 
 /// The median time of `runs` runs of `op`.

@@ -320,13 +320,6 @@ fn last_restore(log: &str) -> Option<(Duration, Duration)> {
         .lines()
         .rev()
         .find(|line| line.contains("restored the catalog from the fd store"))?;
-    let field = |key: &str| -> Option<Duration> {
-        let start = line.find(key)? + key.len();
-        let digits: String = line[start..]
-            .chars()
-            .take_while(char::is_ascii_digit)
-            .collect();
-        Some(Duration::from_micros(digits.parse().ok()?))
-    };
+    let field = |key: &str| crate::daemon::log_number(line, key).map(Duration::from_micros);
     Some((field("took_us=")?, field("verify_us=")?))
 }

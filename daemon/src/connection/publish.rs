@@ -16,14 +16,33 @@ use super::{Connection, End};
 use crate::blob::{self, Blob, BlobWriter, IngestError, Ingested};
 use crate::policy::Write;
 use crate::state::Reservation;
-use memseal_proto::tokio_io;
-use memseal_proto::{ErrorCode, FrameError, PublishSource, Response};
-use std::os::fd::OwnedFd;
+use memseal_proto::tokio_io::{self, Socket};
+use memseal_proto::{ErrorCode, PublishSource, Response};
+use rustix::pipe::{PipeFlags, SpliceFlags};
+use std::io;
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
+use tokio::io::Interest;
 use tokio::time::Instant;
 use tracing::{debug, warn};
 
 /// Largest read of a streamed upload at once.
 const UPLOAD_CHUNK: usize = 1 << 20;
+
+/// Uploads at least this large are spliced from the socket into a pipe and
+/// from the pipe into the memfd: the kernel hands the socket's pages to
+/// the pipe, so each byte is copied once in the daemon instead of twice
+/// (socket to buffer, buffer to memfd). Below it, the pipe's set-up costs
+/// more than the copy it saves.
+const SPLICE_MIN: u64 = 1 << 20;
+
+/// The capacity asked for the pipe of a spliced upload (the most an
+/// unprivileged process may have by default, `fs.pipe-max-size`).
+const PIPE_CAPACITY: usize = 1 << 20;
+
+/// Room for the bytes of a spliced upload that arrived together with its
+/// request, which are in the daemon's buffer already and are written from
+/// there, this much at a time.
+const EARLY_BYTES: usize = 64 << 10;
 
 /// Bytes the progress deadline of an upload asks for: each 64 KiB (or the
 /// rest of the upload, if less) must arrive within the I/O timeout.
@@ -69,6 +88,13 @@ impl Connection {
         };
         match outcome {
             Ok((blob, reservation)) => {
+                // A memfd's pages are freed when its last descriptor
+                // closes. The catalog drops the new blob under its lock if
+                // identical content is held already; this descriptor, kept
+                // until the reply is out, makes that drop cheap and moves
+                // the freeing of up to `max_asset_size` bytes out of the
+                // lock that every fetch takes.
+                let freed_after_reply = blob.fd().try_clone_to_owned();
                 let info = self.state.publish(reservation, &name, blob);
                 if let Some(note) = self.state.log_budget().allow(&self.peer, exempt) {
                     tracing::info!(
@@ -81,7 +107,9 @@ impl Connection {
                         "published{note}"
                     );
                 }
-                self.reply(Response::Published(info), None).await
+                let replied = self.reply(Response::Published(info), None).await;
+                drop(freed_after_reply);
+                replied
             }
             Err(reply) => self.reply(reply, None).await,
         }
@@ -161,7 +189,7 @@ impl Connection {
             }
         };
         self.reply(Response::Continue, None).await?;
-        let mut buffer = vec![0u8; (size as usize).clamp(1, UPLOAD_CHUNK)];
+        let mut intake = Intake::for_upload(size);
         // A deadline per gap between reads would let a peer that sends a
         // byte now and then hold its slot, its reservation and a partial
         // memfd forever; asking for steady progress, and for the whole
@@ -170,9 +198,12 @@ impl Connection {
         let mut deadline = (Instant::now() + self.config.io_timeout).min(finish_by);
         let mut owed = UPLOAD_PROGRESS.min(size);
         while writer.remaining() > 0 {
-            let want = (writer.remaining() as usize).min(buffer.len());
+            let want = (writer.remaining() as usize).min(UPLOAD_CHUNK);
             let received = size - writer.remaining();
-            let got = match self.read_raw(&mut buffer[..want], deadline).await {
+            let got = match self
+                .receive_some(&mut intake, &mut writer, want, deadline)
+                .await
+            {
                 Ok(0) => {
                     return Err(End::Abandoned(format!(
                         "the client closed the connection after sending {received} of the \
@@ -189,9 +220,6 @@ impl Connection {
                 }
                 Err(other) => return Err(other),
             };
-            if let Err(e) = writer.write(&buffer[..got]) {
-                return Err(End::Peer(FrameError::Io(e)));
-            }
             owed = owed.saturating_sub(got as u64);
             if owed == 0 {
                 deadline = (Instant::now() + self.config.io_timeout).min(finish_by);
@@ -208,6 +236,75 @@ impl Connection {
         }
     }
 
+    /// Move up to `want` more upload bytes into `writer`, waiting at most
+    /// until `deadline`; 0 when the peer closed the connection. Bytes that
+    /// arrived together with the publish request come first.
+    async fn receive_some(
+        &mut self,
+        intake: &mut Intake,
+        writer: &mut BlobWriter,
+        want: usize,
+        deadline: Instant,
+    ) -> Result<usize, End> {
+        let got = match intake {
+            Intake::Buffer(buffer) => {
+                let got = self.read_raw(&mut buffer[..want], deadline).await?;
+                writer.write(&buffer[..got])?;
+                got
+            }
+            Intake::Pipe { read, write, early } => {
+                let got = self.buffer.take_raw(&mut early[..want.min(EARLY_BYTES)])?;
+                if got > 0 {
+                    writer.write(&early[..got])?;
+                    return Ok(got);
+                }
+                let got = self.splice_raw(write.as_fd(), want, deadline).await?;
+                writer.splice_from(read.as_fd(), got)?;
+                got
+            }
+        };
+        Ok(got)
+    }
+
+    /// Splice up to `len` raw upload bytes from the socket into the empty
+    /// pipe `pipe`, waiting at most until `deadline`; 0 when the peer
+    /// closed the connection. The kernel closes a descriptor riding on
+    /// these bytes unread.
+    async fn splice_raw(
+        &self,
+        pipe: BorrowedFd<'_>,
+        len: usize,
+        deadline: Instant,
+    ) -> Result<usize, End> {
+        let spliced = async {
+            loop {
+                self.stream.ready(Interest::READABLE).await?;
+                let moved = self.stream.try_io(Interest::READABLE, || {
+                    rustix::pipe::splice(
+                        &self.stream,
+                        None,
+                        pipe,
+                        None,
+                        len,
+                        SpliceFlags::NONBLOCK | SpliceFlags::MOVE,
+                    )
+                    .map_err(io::Error::from)
+                });
+                match moved {
+                    Ok(n) => return Ok(n),
+                    Err(e)
+                        if e.kind() == io::ErrorKind::WouldBlock
+                            || e.kind() == io::ErrorKind::Interrupted => {}
+                    Err(e) => return Err(e),
+                }
+            }
+        };
+        tokio::time::timeout_at(deadline, spliced)
+            .await
+            .map_err(|_| End::Timeout("upload too slow or stalled"))?
+            .map_err(End::from)
+    }
+
     /// Read some raw upload bytes, waiting at most until `deadline`; 0 when
     /// the peer closed the connection. Bytes that arrived together with
     /// the publish request come first.
@@ -221,5 +318,42 @@ impl Connection {
             .await
             .map_err(|_| End::Timeout("upload too slow or stalled"))?
             .map_err(End::Peer)
+    }
+}
+
+/// Where the bytes of a streamed upload go on their way into the memfd.
+enum Intake {
+    /// Read into a buffer, then written (small uploads).
+    Buffer(Vec<u8>),
+    /// Spliced into a pipe, then from the pipe into the memfd.
+    Pipe {
+        read: OwnedFd,
+        write: OwnedFd,
+        /// For the bytes that came with the request.
+        early: Vec<u8>,
+    },
+}
+
+impl Intake {
+    /// A pipe for a large upload, if one can be had; a buffer otherwise.
+    fn for_upload(size: u64) -> Intake {
+        if size >= SPLICE_MIN {
+            match rustix::pipe::pipe_with(PipeFlags::CLOEXEC | PipeFlags::NONBLOCK) {
+                Ok((read, write)) => {
+                    // Past the per-user pipe allowance the kernel refuses a
+                    // larger pipe; the default one still works.
+                    if let Err(e) = rustix::pipe::fcntl_setpipe_size(&write, PIPE_CAPACITY) {
+                        debug!("an upload's pipe keeps its default size: {e}");
+                    }
+                    return Intake::Pipe {
+                        read,
+                        write,
+                        early: vec![0u8; EARLY_BYTES],
+                    };
+                }
+                Err(e) => debug!("no pipe for an upload ({e}); reading it into a buffer"),
+            }
+        }
+        Intake::Buffer(vec![0u8; (size as usize).clamp(1, UPLOAD_CHUNK)])
     }
 }

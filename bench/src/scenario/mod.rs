@@ -9,4 +9,5 @@ pub mod footprint;
 pub mod memory;
 pub mod options;
 pub mod publish;
+mod publish_floor;
 pub mod scale;

@@ -48,6 +48,11 @@ const EARLY_BYTES: usize = 64 << 10;
 /// rest of the upload, if less) must arrive within the I/O timeout.
 const UPLOAD_PROGRESS: u64 = 64 << 10;
 
+/// Blobs at least this large are let go of on a blocking thread when a
+/// publish turns out to duplicate content already held (see
+/// `Connection::publish`); smaller ones free their pages in microseconds.
+const FREE_ASIDE_MIN: u64 = 1 << 20;
+
 /// Descriptor publishes that users who are not publishers may have in
 /// progress at once, all together: each takes a blocking thread, of which
 /// the runtime has 512.
@@ -90,11 +95,14 @@ impl Connection {
             Ok((blob, reservation)) => {
                 // A memfd's pages are freed when its last descriptor
                 // closes. The catalog drops the new blob under its lock if
-                // identical content is held already; this descriptor, kept
-                // until the reply is out, makes that drop cheap and moves
-                // the freeing of up to `max_asset_size` bytes out of the
-                // lock that every fetch takes.
-                let freed_after_reply = blob.fd().try_clone_to_owned();
+                // identical content is held already; this descriptor makes
+                // that drop cheap, and is closed after the reply on a
+                // blocking thread, so neither the lock every fetch takes
+                // nor this client's next request waits for the freeing of
+                // up to `max_asset_size` bytes.
+                let freed_aside = (blob.size() >= FREE_ASIDE_MIN)
+                    .then(|| blob.fd().try_clone_to_owned().ok())
+                    .flatten();
                 let info = self.state.publish(reservation, &name, blob);
                 if let Some(note) = self.state.log_budget().allow(&self.peer, exempt) {
                     tracing::info!(
@@ -108,7 +116,9 @@ impl Connection {
                     );
                 }
                 let replied = self.reply(Response::Published(info), None).await;
-                drop(freed_after_reply);
+                if let Some(fd) = freed_aside {
+                    tokio::task::spawn_blocking(move || drop(fd));
+                }
                 replied
             }
             Err(reply) => self.reply(reply, None).await,

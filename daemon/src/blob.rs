@@ -349,8 +349,36 @@ fn prepare_huge_pages(fd: &OwnedFd, size: u64) {
 /// read-only; the writable descriptor is closed on return.
 fn seal(fd: OwnedFd) -> io::Result<OwnedFd> {
     rustix::fs::fchmod(&fd, Mode::from_raw_mode(BLOB_MODE))?;
-    rustix::fs::fcntl_add_seals(&fd, BLOB_SEALS)?;
+    add_seals_patiently(&fd)?;
     reopen_read_only(&fd)
+}
+
+/// Times `F_SEAL_WRITE` is tried again after `EBUSY`, and the pause before
+/// each try.
+const SEAL_RETRIES: u32 = 4;
+const SEAL_RETRY_PAUSE: std::time::Duration = std::time::Duration::from_millis(50);
+
+/// Add [`BLOB_SEALS`] to a memfd only the daemon holds, with no writable
+/// shared mapping left. `F_SEAL_WRITE` also waits (about 150 ms)
+/// for every page of the memfd to lose references other than the page
+/// cache's, and fails with `EBUSY` if one keeps one: the kernel itself may
+/// hold a page for a while (reclaim or memory monitoring isolating it; seen
+/// once in a benchmark, on a 47-byte memfd, on a host running DAMON). That
+/// passes, so a few more tries, after which the error stands. The pauses
+/// block the calling thread; they happen on this rare path only.
+fn add_seals_patiently(fd: &OwnedFd) -> io::Result<()> {
+    let mut tries = 0;
+    loop {
+        match rustix::fs::fcntl_add_seals(fd, BLOB_SEALS) {
+            Err(Errno::BUSY) if tries < SEAL_RETRIES => {
+                tries += 1;
+                tracing::debug!("sealing a new memfd met EBUSY; trying again ({tries})");
+                std::thread::sleep(SEAL_RETRY_PAUSE);
+            }
+            Err(Errno::INTR) => {}
+            other => return other.map_err(io::Error::from),
+        }
+    }
 }
 
 /// A new open file description of the same inode, read-only, opened by

@@ -409,60 +409,134 @@ fn empty_snapshot() -> Snapshot {
 struct BlobResolver {
     /// Stored blobs not looked at yet, by name.
     stored: HashMap<String, OwnedFd>,
-    verified: HashMap<(memseal_proto::Hash, Option<u32>), Option<Arc<Blob>>>,
+    /// Blobs looked at, by what versions name them: `None` if missing or
+    /// refused.
+    verified: HashMap<BlobId, Option<Arc<Blob>>>,
     /// Names of verified blobs that stay in the store as they are.
     kept: HashSet<String>,
     daemon_uid: u32,
     restored: Restored,
 }
 
+/// A stored blob taken out of the store to be verified for a version.
+struct Claimed {
+    id: BlobId,
+    name: String,
+    key: BlobKey,
+    size: u64,
+    fd: OwnedFd,
+}
+
+/// What a stored version names as its blob: the hash and, from format 2
+/// on, the owner.
+type BlobId = (memseal_proto::Hash, Option<u32>);
+
 impl BlobResolver {
+    /// Verify the blobs of all of `versions` at once, one per CPU at a
+    /// time: a restart's time is nearly all this hashing, and blobs of a
+    /// few MiB keep one CPU busy each only part of the time.
+    fn verify_all<'a>(&mut self, versions: impl IntoIterator<Item = &'a StoredVersion>) {
+        let claimed: Vec<Claimed> = versions
+            .into_iter()
+            .filter_map(|stored| self.claim(stored))
+            .collect();
+        if claimed.is_empty() {
+            return;
+        }
+        let workers = std::thread::available_parallelism()
+            .map_or(1, |n| n.get())
+            .min(claimed.len());
+        let mut shares: Vec<Vec<Claimed>> = (0..workers).map(|_| Vec::new()).collect();
+        for (i, blob) in claimed.into_iter().enumerate() {
+            shares[i % workers].push(blob);
+        }
+        let started = std::time::Instant::now();
+        let outcomes: Vec<_> = std::thread::scope(|scope| {
+            let running: Vec<_> = shares
+                .into_iter()
+                .map(|share| {
+                    scope.spawn(move || {
+                        share
+                            .into_iter()
+                            .map(|c| {
+                                let verified = Blob::reverify(c.fd, c.size, c.key);
+                                (c.id, c.name, c.key, c.size, verified)
+                            })
+                            .collect::<Vec<_>>()
+                    })
+                })
+                .collect();
+            running
+                .into_iter()
+                .flat_map(|worker| worker.join().expect("a verifying thread panicked"))
+                .collect()
+        });
+        self.restored.verifying += started.elapsed();
+        for (id, name, key, size, verified) in outcomes {
+            let blob = match verified {
+                Ok(blob) => {
+                    self.restored.verified_bytes += size;
+                    // Under another name now (an adopted blob of a format 1
+                    // daemon): stored again under it later.
+                    if blob_name(&key) == name {
+                        self.kept.insert(name);
+                    } else {
+                        remove_fd(&name);
+                    }
+                    Some(Arc::new(blob))
+                }
+                Err(e) => {
+                    warn!("dropping {name} from the fd store: {e}");
+                    remove_fd(&name);
+                    self.restored.dropped += 1;
+                    None
+                }
+            };
+            self.verified.insert(id, blob);
+        }
+    }
+
+    /// Take the stored blob that `stored` names out of the store for
+    /// verifying, unless it was looked at already. A blob that is not
+    /// there is settled at once, as missing.
+    fn claim(&mut self, stored: &StoredVersion) -> Option<Claimed> {
+        let info = &stored.info;
+        let id = (info.hash, stored.owner);
+        if self.verified.contains_key(&id) {
+            return None;
+        }
+        // Settled as missing unless verified below.
+        self.verified.insert(id, None);
+        // Format 1 snapshots did not record owners; their blobs all have
+        // the plain name, and the inode tells the owner.
+        let name = blob_name(&BlobKey {
+            hash: info.hash,
+            owner: stored.owner.unwrap_or(self.daemon_uid),
+        });
+        let fd = self.stored.remove(&name)?;
+        let owner = match stored.owner {
+            Some(owner) => owner,
+            None => rustix::fs::fstat(&fd).ok()?.st_uid,
+        };
+        Some(Claimed {
+            id,
+            name,
+            key: BlobKey {
+                hash: info.hash,
+                owner,
+            },
+            size: info.size,
+            fd,
+        })
+    }
+
     fn version(&mut self, stored: &StoredVersion) -> Option<Version> {
         let info = &stored.info;
-        let daemon_uid = self.daemon_uid;
-        let blob = self
-            .verified
-            .entry((info.hash, stored.owner))
-            .or_insert_with(|| {
-                // Format 1 snapshots did not record owners; their blobs
-                // all have the plain name, and the inode tells the owner.
-                let name = blob_name(&BlobKey {
-                    hash: info.hash,
-                    owner: stored.owner.unwrap_or(daemon_uid),
-                });
-                let fd = self.stored.remove(&name)?;
-                let owner = match stored.owner {
-                    Some(owner) => owner,
-                    None => rustix::fs::fstat(&fd).ok()?.st_uid,
-                };
-                let key = BlobKey {
-                    hash: info.hash,
-                    owner,
-                };
-                let started = std::time::Instant::now();
-                let verified = Blob::reverify(fd, info.size, key);
-                self.restored.verifying += started.elapsed();
-                match verified {
-                    Ok(blob) => {
-                        self.restored.verified_bytes += info.size;
-                        // Under another name now (an adopted blob of a
-                        // format 1 daemon): stored again under it below.
-                        if blob_name(&key) == name {
-                            self.kept.insert(name);
-                        } else {
-                            remove_fd(&name);
-                        }
-                        Some(Arc::new(blob))
-                    }
-                    Err(e) => {
-                        warn!("dropping {name} from the fd store: {e}");
-                        remove_fd(&name);
-                        self.restored.dropped += 1;
-                        None
-                    }
-                }
-            })
-            .clone()?;
+        let id = (info.hash, stored.owner);
+        if !self.verified.contains_key(&id) {
+            self.verify_all([stored]);
+        }
+        let blob = self.verified.get(&id).cloned().flatten()?;
         // A version may only rest on the daemon's inode or its own
         // publisher's; anything else (older daemons deduplicated across
         // users) is copied into a memfd of the daemon's own.
@@ -511,6 +585,17 @@ pub fn restore(state: &State, passed: Vec<(String, OwnedFd)>) -> (Arc<FdStore>, 
         daemon_uid: rustix::process::geteuid().as_raw(),
         restored,
     };
+    let journaled = journal.iter().filter_map(|entry| match entry {
+        JournalEntry::Published(stored) => Some(stored),
+        JournalEntry::Removed { .. } => None,
+    });
+    resolver.verify_all(
+        snapshot
+            .names
+            .iter()
+            .flat_map(|entry| &entry.versions)
+            .chain(journaled),
+    );
     state.with_catalog(|catalog| {
         replay_snapshot(catalog, &snapshot, &mut resolver);
         replay_journal(catalog, &journal, &mut resolver);

@@ -26,6 +26,16 @@ pub struct DaemonConfig {
 /// the assets declared in `assets_dir` if given (else an empty directory),
 /// and wait until it reports READY=1.
 pub fn start(config: &DaemonConfig, dir: &Path, assets_dir: Option<&Path>) -> io::Result<Daemon> {
+    start_with(config, dir, assets_dir, &[])
+}
+
+/// [`start`], with `more_args` after the configuration's own.
+pub fn start_with(
+    config: &DaemonConfig,
+    dir: &Path,
+    assets_dir: Option<&Path>,
+    more_args: &[String],
+) -> io::Result<Daemon> {
     let empty_assets = dir.join("assets.d");
     std::fs::create_dir_all(&empty_assets)?;
     let assets = assets_dir.unwrap_or(&empty_assets);
@@ -43,6 +53,7 @@ pub fn start(config: &DaemonConfig, dir: &Path, assets_dir: Option<&Path>) -> io
             "--max-asset-size".to_owned(),
             config.max_asset_size.to_string(),
         ])
+        .args(more_args.iter().cloned())
         .try_start_in(dir)
 }
 

@@ -1,12 +1,14 @@
 //! The floor: the least work that can hand a sealed memfd from one process
 //! to another and map it.
 //!
-//! Request: 8 bytes, the index of the asset wanted. Reply: 8 bytes, its
-//! size, with the memfd riding on them as `SCM_RIGHTS`. The client then
-//! checks the seals, takes the size and maps the file ([`SealedMap`]), and
-//! the fetch ends when the mapping and the descriptor are dropped. There
-//! is no framing, no names, no catalog, no async runtime: whatever memseal
-//! spends above this is the price of its protocol and its checks.
+//! Request: 8 bytes, two little-endian `u32`s: the index of the first
+//! asset wanted and how many (one for a fetch, more for a batch of
+//! consecutive assets). Reply: 8 bytes per asset, its size, with the memfds
+//! riding on them as one `SCM_RIGHTS` message. The client then checks the
+//! seals, takes the size and maps each file ([`SealedMap`]), and the fetch
+//! ends when the mappings and the descriptors are dropped. There is no
+//! framing, no names, no catalog, no async runtime: whatever memseal spends
+//! above this is the price of its protocol and its checks.
 //!
 //! The server runs in its own process, like the daemon: the harness starts
 //! its own binary again in server mode (`memseal-bench floor-server`).
@@ -54,19 +56,30 @@ pub fn serve(socket: &Path, sizes: &[usize]) -> io::Result<()> {
     Ok(())
 }
 
+/// The most assets one floor request may name: as many as memseal's
+/// largest batch.
+pub const MOST_PER_REQUEST: usize = 64;
+
 fn serve_connection(mut stream: UnixStream, assets: &[(u64, OwnedFd)]) -> io::Result<()> {
     let mut request = [0u8; 8];
+    let mut space = [MaybeUninit::<u8>::uninit(); rustix::cmsg_space!(ScmRights(MOST_PER_REQUEST))];
+    let mut reply = Vec::with_capacity(8 * MOST_PER_REQUEST);
+    let mut fds = Vec::with_capacity(MOST_PER_REQUEST);
     loop {
         stream.read_exact(&mut request)?;
-        let index = u64::from_le_bytes(request) as usize;
-        let (size, fd) = assets
-            .get(index)
-            .ok_or_else(|| io::Error::other("no such floor asset"))?;
-        let mut space = [MaybeUninit::<u8>::uninit(); rustix::cmsg_space!(ScmRights(1))];
+        let (first, count) = decode_request(request);
+        let wanted = assets
+            .get(first..first.saturating_add(count))
+            .filter(|wanted| (1..=MOST_PER_REQUEST).contains(&wanted.len()))
+            .ok_or_else(|| io::Error::other("no such floor assets"))?;
+        reply.clear();
+        fds.clear();
+        for (size, fd) in wanted {
+            reply.extend_from_slice(&size.to_le_bytes());
+            fds.push(fd.as_fd());
+        }
         let mut control = SendAncillaryBuffer::new(&mut space);
-        let fds = [fd.as_fd()];
         control.push(SendAncillaryMessage::ScmRights(&fds));
-        let reply = size.to_le_bytes();
         let sent = sendmsg(
             &stream,
             &[IoSlice::new(&reply)],
@@ -77,6 +90,23 @@ fn serve_connection(mut stream: UnixStream, assets: &[(u64, OwnedFd)]) -> io::Re
             return Err(io::Error::other("short send"));
         }
     }
+}
+
+fn encode_request(first: usize, count: usize) -> io::Result<[u8; 8]> {
+    let first = u32::try_from(first).map_err(io::Error::other)?;
+    let count = u32::try_from(count).map_err(io::Error::other)?;
+    let mut request = [0u8; 8];
+    request[..4].copy_from_slice(&first.to_le_bytes());
+    request[4..].copy_from_slice(&count.to_le_bytes());
+    Ok(request)
+}
+
+fn decode_request(request: [u8; 8]) -> (usize, usize) {
+    let [a, b, c, d, e, f, g, h] = request;
+    (
+        u32::from_le_bytes([a, b, c, d]) as usize,
+        u32::from_le_bytes([e, f, g, h]) as usize,
+    )
 }
 
 /// A connection to the floor server.
@@ -94,31 +124,68 @@ impl FloorClient {
 
     /// Fetch the asset at `index` and map it.
     pub fn fetch(&mut self, index: usize) -> io::Result<SealedMap> {
-        self.stream.write_all(&(index as u64).to_le_bytes())?;
+        self.stream.write_all(&encode_request(index, 1)?)?;
         let mut reply = [0u8; 8];
         let mut space = [MaybeUninit::<u8>::uninit(); rustix::cmsg_space!(ScmRights(1))];
-        let mut control = RecvAncillaryBuffer::new(&mut space);
+        let mut fds = self.receive(&mut reply, &mut space)?;
+        let fd = fds
+            .pop()
+            .filter(|_| fds.is_empty())
+            .ok_or_else(|| io::Error::other("the floor server sent no descriptor"))?;
+        // `fd` closes here; the mapping keeps the file alive until dropped.
+        map_checked(fd, reply)
+    }
+
+    /// Fetch the `count` assets from `first` on in one round trip, and map
+    /// each: the floor of a batch.
+    pub fn fetch_many(&mut self, first: usize, count: usize) -> io::Result<Vec<SealedMap>> {
+        if !(1..=MOST_PER_REQUEST).contains(&count) {
+            return Err(io::Error::other("a floor batch is 1 to 64 assets"));
+        }
+        self.stream.write_all(&encode_request(first, count)?)?;
+        let mut reply = [0u8; 8 * MOST_PER_REQUEST];
+        let reply = &mut reply[..8 * count];
+        let mut space =
+            [MaybeUninit::<u8>::uninit(); rustix::cmsg_space!(ScmRights(MOST_PER_REQUEST))];
+        let fds = self.receive(reply, &mut space)?;
+        if fds.len() != count {
+            return Err(io::Error::other(
+                "the floor server sent too few descriptors",
+            ));
+        }
+        fds.into_iter()
+            .zip(reply.chunks_exact(8))
+            .map(|(fd, size)| map_checked(fd, size.try_into().expect("8-byte chunks")))
+            .collect()
+    }
+
+    /// Receive one whole reply into `reply` and the descriptors riding on it.
+    fn receive(&self, reply: &mut [u8], space: &mut [MaybeUninit<u8>]) -> io::Result<Vec<OwnedFd>> {
+        let mut control = RecvAncillaryBuffer::new(space);
         let msg = recvmsg(
             &self.stream,
-            &mut [IoSliceMut::new(&mut reply)],
+            &mut [IoSliceMut::new(reply)],
             &mut control,
             RecvFlags::CMSG_CLOEXEC,
         )?;
-        let mut fd = None;
+        let mut received = Vec::new();
         for message in control.drain() {
-            if let RecvAncillaryMessage::ScmRights(mut fds) = message {
-                fd = fds.next();
+            if let RecvAncillaryMessage::ScmRights(fds) = message {
+                received.extend(fds);
             }
         }
         if msg.flags.contains(ReturnFlags::CTRUNC) || msg.bytes != reply.len() {
             return Err(io::Error::other("malformed reply from the floor server"));
         }
-        let fd = fd.ok_or_else(|| io::Error::other("the floor server sent no descriptor"))?;
-        let map = SealedMap::new(fd.as_fd())?;
-        if map.as_slice().len() as u64 != u64::from_le_bytes(reply) {
-            return Err(io::Error::other("the floor asset has the wrong size"));
-        }
-        // `fd` closes here; the mapping keeps the file alive until dropped.
-        Ok(map)
+        Ok(received)
     }
+}
+
+/// Map `fd`, checking that its size is the `size` the reply announced.
+fn map_checked(fd: OwnedFd, size: [u8; 8]) -> io::Result<SealedMap> {
+    let map = SealedMap::new(fd.as_fd())?;
+    if map.as_slice().len() as u64 != u64::from_le_bytes(size) {
+        return Err(io::Error::other("the floor asset has the wrong size"));
+    }
+    Ok(map)
 }

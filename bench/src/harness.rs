@@ -150,6 +150,9 @@ pub struct Bench {
     pub floor: Worker,
     /// The floor server's socket.
     pub floor_socket: PathBuf,
+    /// The floor's index of the first of the batch table's assets (they
+    /// follow the fetch rows' ones).
+    pub floor_batch_first: usize,
     /// Redis, when available.
     pub redis: Option<RedisServer>,
     /// Asset sizes of the fetch rows.
@@ -191,7 +194,16 @@ impl Bench {
         let daemon = crate::daemon::start(&daemon_config, &dir.path().join("daemon"), None)?;
 
         let floor_socket = dir.path().join("floor.sock");
-        let size_list: Vec<String> = sizes.iter().map(usize::to_string).collect();
+        // The fetch rows' sizes, then the batch table's assets.
+        let floor_batch_first = sizes.len();
+        let size_list: Vec<String> = sizes
+            .iter()
+            .chain(std::iter::repeat_n(
+                &scenario::batch::ASSET_SIZE,
+                scenario::batch::BATCH,
+            ))
+            .map(usize::to_string)
+            .collect();
         let floor = Worker::start(&[
             "floor-server".to_owned(),
             "--socket".to_owned(),
@@ -233,6 +245,7 @@ impl Bench {
             daemon,
             floor,
             floor_socket,
+            floor_batch_first,
             redis,
             sizes,
             notes,

@@ -68,9 +68,10 @@ struct Job {
     pieces: Pieces,
     memfd: Filling,
     transfer: Transfer,
-    /// Set once any piece has received a byte: from then on a missing
-    /// object means the store lost it for a while (a restart, a failover),
-    /// not that it was never there, and is worth waiting for.
+    /// Set once the store has answered any piece's request with the
+    /// object: from then on a missing object means the store lost it for a
+    /// while (a restart, a failover), not that it was never there, and is
+    /// worth waiting for.
     seen: AtomicBool,
 }
 
@@ -215,6 +216,7 @@ impl Job {
         if result.range.start != *at || result.range.end > end {
             return Err(Attempt::Fatal(self.refuse(Problem::Overlong)));
         }
+        self.seen.store(true, Ordering::Relaxed);
         let mut body = result.into_stream();
         while let Some(chunk) = body.next().await {
             let chunk = chunk.map_err(|e| self.failed(e))?;
@@ -229,7 +231,6 @@ impl Job {
                 .map_err(|e| Attempt::Fatal(Error::io("writing into the memfd", e)))?;
             hasher.update(&chunk);
             *at += chunk.len() as u64;
-            self.seen.store(true, Ordering::Relaxed);
         }
         Ok(())
     }

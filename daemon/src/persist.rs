@@ -13,22 +13,35 @@
 //!
 //! A change costs one `pwrite` to the journal: the service manager holds
 //! the same file, so nothing is sent to it again. When the journal has
-//! grown past the snapshot (and at least 1 MiB), a new snapshot
-//! and an empty journal replace them, so the work per change stays
-//! constant on average however large the catalog is. The snapshot is read
-//! from the catalog one page at a time: a fetch never waits for more than
-//! a page.
+//! grown past the snapshot (and at least 1 MiB), the daemon starts a new
+//! journal at once and writes a new snapshot on a thread of its own
+//! ([`snapshot_in_background`]), so the work per change stays constant on average
+//! however large the catalog is, and no change ever waits for a snapshot.
+//! The snapshot is read from the catalog one page at a time: a fetch never
+//! waits for more than a page.
+//!
+//! While that snapshot is written, changes go on: a page read after a
+//! change holds it, and the new journal records it too. Replaying a
+//! journal over a snapshot is therefore idempotent: a version the
+//! snapshot already holds (or one newer) is not put back twice, and a
+//! removal of a version that is not there removes nothing. That is sound
+//! because a name's version numbers only grow: each `(name, version)` is
+//! published once and removed at most once, so the last record of it in
+//! the journal decides, whatever the snapshot held.
 //!
 //! When the daemon restarts or crashes, systemd passes everything back in
-//! `LISTEN_FDS`; [`restore`] takes the newest snapshot, replays its
-//! journal, re-verifies each blob (seals, size, owner, BLAKE3) and drops
-//! from the store whatever is foreign, corrupt or no longer referenced,
-//! with a log line; nothing unverified is ever served.
+//! `LISTEN_FDS`; [`restore`] takes the newest snapshot, replays every
+//! journal from its generation on, in order, re-verifies each blob (seals,
+//! size, owner, BLAKE3) and drops from the store whatever is foreign,
+//! corrupt or no longer referenced, with a log line; nothing unverified is
+//! ever served.
 //!
 //! Order matters for crash safety: a blob is stored before any journal
-//! entry names it, a new journal before the snapshot it belongs to, and a
-//! snapshot before the previous pair is removed, so at every instant the
-//! store holds a consistent catalog.
+//! entry names it; a new journal is stored before any change is appended
+//! to it, and before the snapshot it begins is read; a snapshot is stored
+//! before the snapshot and journals it replaces are removed. So at every
+//! instant the newest stored snapshot and the journals from its generation
+//! on hold the whole catalog.
 
 use crate::blob::{Blob, BlobKey, BlobWriter};
 use crate::catalog::{Catalog, Change, Version};
@@ -44,7 +57,7 @@ use sd_notify::NotifyState;
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::io;
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, Weak};
 use tracing::{info, warn};
 
 const BLOB_PREFIX: &str = "blob-";
@@ -54,6 +67,10 @@ const JOURNAL_PREFIX: &str = "journal-";
 /// The journal is compacted into a new snapshot once it is larger than
 /// the snapshot and than this.
 const JOURNAL_MIN: u64 = 1 << 20;
+
+/// The largest stored snapshot a restart reads: the encoding's limit and
+/// its magic.
+const SNAPSHOT_READ_LIMIT: usize = MAX_SNAPSHOT_LEN + memseal_proto::codec::SNAPSHOT_MAGIC.len();
 
 /// Names a snapshot reads from the catalog per hold of its lock.
 const SNAPSHOT_PAGE: usize = 256;
@@ -102,30 +119,80 @@ fn remove_fd(name: &str) {
     }
 }
 
-/// The snapshot and journal currently in the store.
+/// The snapshots and journals in the store, and the journal changes go to.
 struct Generation {
+    /// The number of the journal changes are appended to. The snapshot of
+    /// the same number is stored, being written, or failed to be written.
     number: u64,
     journal: OwnedFd,
     journal_len: u64,
+    /// The newest snapshot in the store, and its length.
+    snapshot: Option<u64>,
     snapshot_len: u64,
+    /// Journals in the store, oldest first; the last is `journal` unless
+    /// storing it failed.
+    journals: Vec<u64>,
     /// An append failed: the journal may miss a change, so the next change
-    /// writes a whole snapshot instead.
+    /// starts a new snapshot, which will hold it.
     broken: bool,
+    /// A snapshot of generation `number` is being written.
+    compacting: bool,
+}
+
+impl Generation {
+    /// A new snapshot is due and none is being written.
+    fn compaction_due(&self) -> bool {
+        !self.compacting && (self.broken || self.journal_len > self.snapshot_len.max(JOURNAL_MIN))
+    }
+
+    /// Append changes from now on to a new, empty journal, stored first.
+    /// On failure nothing changes: the old journal goes on.
+    fn start_journal(&mut self) -> io::Result<()> {
+        let number = self.number + 1;
+        let journal = rustix::fs::memfd_create("memseal-journal", MemfdFlags::CLOEXEC)?;
+        store_fd(&journal_name(number), journal.as_fd())?;
+        self.journals.push(number);
+        self.number = number;
+        self.journal = journal;
+        self.journal_len = 0;
+        self.broken = false;
+        Ok(())
+    }
+
+    /// Snapshot `number` is stored: drop the snapshot and journals it
+    /// replaces from the store.
+    fn snapshot_stored(&mut self, number: u64, len: u64) {
+        if let Some(previous) = self.snapshot.replace(number) {
+            remove_fd(&catalog_name(previous));
+        }
+        self.snapshot_len = len;
+        for old in self.journals.iter().filter(|journal| **journal < number) {
+            remove_fd(&journal_name(*old));
+        }
+        self.journals.retain(|journal| *journal >= number);
+    }
 }
 
 /// Keeps the fd store in step with the catalog.
 pub struct FdStore {
     current: Mutex<Generation>,
+    /// The state whose catalog the snapshots hold; weak, for the state
+    /// holds this keeper among its observers.
+    state: Weak<State>,
 }
 
 impl FdStore {
     /// An observer for [`State::observe`]: store new blobs, journal the
     /// changes, drop dropped blobs.
     pub fn observer(self: Arc<Self>) -> Observer {
-        Box::new(move |state, changes| self.apply(state, changes))
+        Box::new(move |_, changes| self.apply(changes))
     }
 
-    fn apply(&self, state: &State, changes: &[Change]) {
+    fn generation(&self) -> std::sync::MutexGuard<'_, Generation> {
+        self.current.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn apply(self: &Arc<Self>, changes: &[Change]) {
         let dropped = blob_names(changes, |change| match change {
             Change::BlobDropped(blob) => Some(blob),
             _ => None,
@@ -160,7 +227,7 @@ impl FdStore {
                 Change::BlobDropped(_) => {}
             }
         }
-        let mut current = self.current.lock().unwrap_or_else(|e| e.into_inner());
+        let mut current = self.generation();
         if !records.is_empty() {
             if let Err(e) = append(&current.journal, current.journal_len, &records) {
                 warn!("cannot append to the catalog journal ({e}); writing a full snapshot");
@@ -168,12 +235,22 @@ impl FdStore {
             }
             current.journal_len += records.len() as u64;
         }
-        if current.broken || current.journal_len > current.snapshot_len.max(JOURNAL_MIN) {
-            if let Err(e) = compact(state, &mut current) {
-                warn!("cannot keep the catalog in the fd store; a restart would lose changes: {e}");
+        let mut snapshot_due = None;
+        if current.compaction_due() {
+            match current.start_journal() {
+                Ok(()) => {
+                    current.compacting = true;
+                    snapshot_due = Some(current.number);
+                }
+                Err(e) => {
+                    warn!("cannot start a new catalog journal ({e}); a restart would lose changes")
+                }
             }
         }
         drop(current);
+        if let Some(number) = snapshot_due {
+            snapshot_in_background(self.clone(), number);
+        }
         let added = blob_names(changes, |change| match change {
             Change::BlobAdded(blob) => Some(blob),
             _ => None,
@@ -181,6 +258,45 @@ impl FdStore {
         for name in dropped.iter().filter(|name| !added.contains(name)) {
             remove_fd(name);
         }
+    }
+
+    /// Write snapshot `number` of the catalog as it is now and store it;
+    /// the journal of the same number was started before this began.
+    fn write_snapshot(&self, state: &State, number: u64) {
+        let outcome = snapshot_of(state, number).and_then(|bytes| {
+            let sealed = sealed_memfd(&bytes)?;
+            store_fd(&catalog_name(number), sealed.fd())?;
+            Ok(bytes.len() as u64)
+        });
+        let mut current = self.generation();
+        match outcome {
+            Ok(len) => current.snapshot_stored(number, len),
+            // The older snapshot and every journal since stay: a restart
+            // replays them all.
+            Err(e) => warn!("cannot store a snapshot of the catalog in the fd store: {e}"),
+        }
+        current.compacting = false;
+    }
+}
+
+/// Write snapshot `number` on a thread of its own, so that the change
+/// that made it due, and every change after, only appends to the journal.
+fn snapshot_in_background(store: Arc<FdStore>, number: u64) {
+    let Some(state) = store.state.upgrade() else {
+        // The daemon is going away: the journals in the store already
+        // hold every change.
+        store.generation().compacting = false;
+        return;
+    };
+    let spawned = std::thread::Builder::new()
+        .name("memseal-snapshot".to_owned())
+        .spawn({
+            let (store, state) = (store.clone(), state.clone());
+            move || store.write_snapshot(&state, number)
+        });
+    if let Err(e) = spawned {
+        warn!("cannot start a thread for the catalog snapshot ({e}); writing it now");
+        store.write_snapshot(&state, number);
     }
 }
 
@@ -217,12 +333,10 @@ fn append(journal: &OwnedFd, offset: u64, mut bytes: &[u8]) -> io::Result<()> {
     Ok(())
 }
 
-/// Replace the snapshot and journal in the store with a new snapshot of
-/// the catalog as it is now and an empty journal. The caller holds the
-/// observers' order lock, so the catalog's names do not change meanwhile;
-/// its lock is taken one page at a time.
-fn compact(state: &State, current: &mut Generation) -> io::Result<()> {
-    let number = current.number + 1;
+/// The catalog, read one page at a time, encoded as snapshot `number`.
+/// Changes may land between pages: the journal of the same number, started
+/// before the first page was read, records them all.
+fn snapshot_of(state: &State, number: u64) -> io::Result<Vec<u8>> {
     let mut snapshot = Snapshot {
         format: SNAPSHOT_FORMAT,
         generation: number,
@@ -241,25 +355,13 @@ fn compact(state: &State, current: &mut Generation) -> io::Result<()> {
     }
     snapshot.forgotten = state.with_catalog(|catalog| catalog.forgotten());
     let bytes = encode_snapshot(&snapshot);
-    let sealed = sealed_memfd(&bytes)?;
-    let journal = rustix::fs::memfd_create("memseal-journal", MemfdFlags::CLOEXEC)?;
-    store_fd(&journal_name(number), journal.as_fd())?;
-    if let Err(e) = store_fd(&catalog_name(number), sealed.fd()) {
-        remove_fd(&journal_name(number));
-        return Err(e);
+    if bytes.len() > SNAPSHOT_READ_LIMIT {
+        return Err(io::Error::other(format!(
+            "the snapshot is {} bytes, more than the {SNAPSHOT_READ_LIMIT} a restart reads",
+            bytes.len()
+        )));
     }
-    if current.number > 0 {
-        remove_fd(&catalog_name(current.number));
-        remove_fd(&journal_name(current.number));
-    }
-    *current = Generation {
-        number,
-        journal,
-        journal_len: 0,
-        snapshot_len: bytes.len() as u64,
-        broken: false,
-    };
-    Ok(())
+    Ok(bytes)
 }
 
 fn sealed_memfd(bytes: &[u8]) -> io::Result<Blob> {
@@ -295,7 +397,7 @@ fn read_snapshot(fd: &OwnedFd) -> Result<Snapshot, String> {
     if !seals.contains(crate::blob::IMMUTABLE) {
         return Err("not sealed against writes".into());
     }
-    let bytes = read_all(fd, MAX_SNAPSHOT_LEN + 8)?;
+    let bytes = read_all(fd, SNAPSHOT_READ_LIMIT)?;
     decode_snapshot(&bytes).map_err(|e| e.to_string())
 }
 
@@ -343,9 +445,10 @@ impl Stored {
         stored
     }
 
-    /// The newest readable snapshot with the records of its journal; every
-    /// other snapshot and journal is dropped from the store.
-    fn newest_catalog(&mut self) -> (Snapshot, Vec<JournalEntry>) {
+    /// The newest readable snapshot with the records of every journal from
+    /// its generation on, in order, and the generations of those journals;
+    /// every older snapshot and journal is dropped from the store.
+    fn newest_catalog(&mut self) -> (Snapshot, Vec<JournalEntry>, Vec<u64>) {
         let mut chosen = None;
         for (generation, fd) in self.catalogs.iter().rev() {
             if chosen.is_some() {
@@ -364,27 +467,38 @@ impl Stored {
             for generation in self.journals.keys() {
                 remove_fd(&journal_name(*generation));
             }
-            return (empty_snapshot(), Vec::new());
+            return (empty_snapshot(), Vec::new(), Vec::new());
         };
         let mut entries = Vec::new();
+        let mut replayed = Vec::new();
         for (number, fd) in &self.journals {
-            if *number != generation {
+            if *number < generation {
                 remove_fd(&journal_name(*number));
                 continue;
             }
-            // A journal never outgrows its snapshot by much before it is
-            // compacted; anything far larger is not ours.
+            // Journals follow one another without gaps: a new one is
+            // stored before anything is appended to it.
+            let expected = replayed.last().map_or(generation, |last| last + 1);
+            if *number != expected {
+                warn!(
+                    "the fd store has no catalog journal {expected}; changes recorded there \
+                     are lost"
+                );
+            }
+            replayed.push(*number);
+            // A journal never outgrows its snapshot by much before the
+            // next is started; anything far larger is not ours.
             match read_all(fd, MAX_SNAPSHOT_LEN) {
                 Ok(bytes) => {
                     let (records, used) = decode_journal(&bytes);
                     if used < bytes.len() {
                         warn!(
-                            "the catalog journal ends in {} unreadable byte(s) (a write cut \
-                             short by a crash); the changes before them are restored",
+                            "the catalog journal {number} ends in {} unreadable byte(s) (a write \
+                             cut short by a crash); the changes before them are restored",
                             bytes.len() - used
                         );
                     }
-                    entries = records;
+                    entries.extend(records);
                 }
                 Err(e) => warn!("cannot read the catalog journal {number}: {e}"),
             }
@@ -392,7 +506,7 @@ impl Stored {
         if !self.journals.contains_key(&generation) {
             warn!("catalog snapshot {generation} has no journal; restoring the snapshot alone");
         }
-        (snapshot, entries)
+        (snapshot, entries, replayed)
     }
 }
 
@@ -573,11 +687,11 @@ impl BlobResolver {
 /// Rebuild the catalog from descriptors the service manager passed back,
 /// and return the fd store keeper, already holding a fresh snapshot of the
 /// result.
-pub fn restore(state: &State, passed: Vec<(String, OwnedFd)>) -> (Arc<FdStore>, Restored) {
+pub fn restore(state: &Arc<State>, passed: Vec<(String, OwnedFd)>) -> (Arc<FdStore>, Restored) {
     let started = std::time::Instant::now();
     let mut restored = Restored::default();
     let mut stored = Stored::sort(passed, &mut restored);
-    let (snapshot, journal) = stored.newest_catalog();
+    let (snapshot, journal, journals) = stored.newest_catalog();
     let mut resolver = BlobResolver {
         stored: std::mem::take(&mut stored.blobs),
         verified: HashMap::new(),
@@ -597,24 +711,51 @@ pub fn restore(state: &State, passed: Vec<(String, OwnedFd)>) -> (Arc<FdStore>, 
             .chain(journaled),
     );
     state.with_catalog(|catalog| {
-        replay_snapshot(catalog, &snapshot, &mut resolver);
+        let missing = replay_snapshot(catalog, &snapshot, &mut resolver);
         replay_journal(catalog, &journal, &mut resolver);
+        warn_of_lost_versions(missing, &journal);
     });
     let mut restored = settle_blobs(state, resolver);
     restored.versions = state.with_catalog(|catalog| catalog.totals().versions as usize);
 
-    let mut current = Generation {
-        number: snapshot.generation,
+    // The next generation comes after every one in the store; until its
+    // snapshot is stored, the one restored and its journals stay.
+    let number = journals
+        .last()
+        .copied()
+        .unwrap_or(0)
+        .max(snapshot.generation);
+    let current = Generation {
+        number,
         journal: rustix::fs::memfd_create("memseal-journal", MemfdFlags::CLOEXEC)
             .expect("a memfd for the journal"),
         journal_len: 0,
+        snapshot: (snapshot.generation > 0).then_some(snapshot.generation),
         snapshot_len: 0,
+        journals,
         broken: true,
+        compacting: false,
     };
-    if let Err(e) = compact(state, &mut current) {
-        warn!("cannot keep the catalog in the fd store; a restart would lose it: {e}");
+    let store = Arc::new(FdStore {
+        current: Mutex::new(current),
+        state: Arc::downgrade(state),
+    });
+    // The restore's own snapshot, before anything is served.
+    let journal_started = store.generation().start_journal();
+    match journal_started {
+        Ok(()) => {
+            let number = store.generation().number;
+            store.write_snapshot(state, number);
+        }
+        Err(e) => warn!("cannot keep the catalog in the fd store; a restart would lose it: {e}"),
     }
-    if restored != Restored::default() {
+    report(&restored, started);
+    (store, restored)
+}
+
+/// The restore's log line, if it brought anything back or dropped anything.
+fn report(restored: &Restored, started: std::time::Instant) {
+    if *restored != Restored::default() {
         info!(
             versions = restored.versions,
             blobs = restored.blobs,
@@ -625,18 +766,18 @@ pub fn restore(state: &State, passed: Vec<(String, OwnedFd)>) -> (Arc<FdStore>, 
             "restored the catalog from the fd store"
         );
     }
-    (
-        Arc::new(FdStore {
-            current: Mutex::new(current),
-        }),
-        restored,
-    )
 }
 
 /// Put back every version of the snapshot whose blob verifies; the
-/// numbers of those that do not stay used.
-fn replay_snapshot(catalog: &mut Catalog, snapshot: &Snapshot, resolver: &mut BlobResolver) {
+/// numbers of those that do not stay used. Returns the versions that could
+/// not be put back.
+fn replay_snapshot(
+    catalog: &mut Catalog,
+    snapshot: &Snapshot,
+    resolver: &mut BlobResolver,
+) -> Vec<(String, u64)> {
     catalog.restore_forgotten(&snapshot.forgotten);
+    let mut missing = Vec::new();
     for entry in &snapshot.names {
         for version in &entry.versions {
             let restored = resolver
@@ -644,17 +785,16 @@ fn replay_snapshot(catalog: &mut Catalog, snapshot: &Snapshot, resolver: &mut Bl
                 .is_some_and(|v| catalog.restore(v, entry.last_version));
             if !restored {
                 catalog.restore_number(&entry.name, entry.last_version);
-                warn!(
-                    name = %version.info.name,
-                    version = version.info.version,
-                    "a stored version could not be restored"
-                );
+                missing.push((version.info.name.clone(), version.info.version));
             }
         }
     }
+    missing
 }
 
-/// Apply the changes recorded since the snapshot, in order.
+/// Apply the changes recorded since the snapshot, in order. A version the
+/// catalog already holds, or a removal of one it does not, changes
+/// nothing (see the module documentation).
 fn replay_journal(catalog: &mut Catalog, journal: &[JournalEntry], resolver: &mut BlobResolver) {
     for entry in journal {
         match entry {
@@ -664,15 +804,34 @@ fn replay_journal(catalog: &mut Catalog, journal: &[JournalEntry], resolver: &mu
                     .version(stored)
                     .is_some_and(|version| catalog.restore(version, number));
                 if !restored {
-                    // Its blob may be gone because a later entry removes
-                    // it; either way the number stays used.
+                    // Already held; or its blob is gone because a later
+                    // entry removes it. Either way the number stays used.
                     catalog.restore_number(&stored.info.name, number);
                 }
             }
             JournalEntry::Removed { name, version } => {
-                // Not found: a version that could not be restored.
+                // Not found: a version that could not be restored, or one
+                // removed before the snapshot's page was read.
                 let _ = catalog.remove(name, Some(*version));
             }
+        }
+    }
+}
+
+/// Warn of each snapshot version that could not be put back, unless the
+/// journal removes it anyway (a snapshot written while changes went on
+/// may hold a version whose blob left the store before a crash).
+fn warn_of_lost_versions(missing: Vec<(String, u64)>, journal: &[JournalEntry]) {
+    let removed: HashSet<(&str, u64)> = journal
+        .iter()
+        .filter_map(|entry| match entry {
+            JournalEntry::Removed { name, version } => Some((name.as_str(), *version)),
+            JournalEntry::Published(_) => None,
+        })
+        .collect();
+    for (name, version) in missing {
+        if !removed.contains(&(name.as_str(), version)) {
+            warn!(name = %name, version, "a stored version could not be restored");
         }
     }
 }

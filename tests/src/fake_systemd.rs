@@ -271,6 +271,17 @@ impl FakeSystemd {
         self.child.as_ref().expect("running").id()
     }
 
+    /// Take every descriptor stored under a name starting with `prefix`
+    /// out of the store.
+    pub fn take(&self, prefix: &str) -> Vec<(String, OwnedFd)> {
+        let mut state = self.inbox.pump();
+        let (taken, kept) = std::mem::take(&mut state.store)
+            .into_iter()
+            .partition(|(name, _)| name.starts_with(prefix));
+        state.store = kept;
+        taken
+    }
+
     /// Replace the descriptor stored under `name` (or add one).
     pub fn put(&self, name: &str, fd: OwnedFd) {
         let mut state = self.inbox.pump();

@@ -4,6 +4,9 @@
 //! [`FakeSystemd`], which follows systemd's documented protocol; the
 //! real-systemd run lives in tests/systemd/.
 
+use memseal::proto::codec::{encode_journal_entry, encode_snapshot};
+use memseal::proto::persisted::SNAPSHOT_FORMAT;
+use memseal::proto::{AssetInfo, JournalEntry, Snapshot, SnapshotName, StoredVersion};
 use memseal::{ErrorCode, Selector};
 use memseal_tests::fake_systemd::FakeSystemd;
 use memseal_tests::{bin, pattern, skip};
@@ -233,4 +236,306 @@ fn reload_republishes_changed_declared_assets() {
     systemd.wait_for(reloading, |n| n.get("READY") == Some("1"));
     assert_eq!(client.fetch("config/greeting").unwrap().version(), 2);
     assert!(systemd.logs().contains("broken.asset"));
+}
+
+// ---------------------------------------------------------------------------
+// Snapshots written while changes go on, and crashes in the middle of one.
+//
+// The catalog's snapshot is written on a thread of its own after a new
+// journal is started (daemon/src/persist.rs). The fd store a crash leaves
+// behind is built here exactly, from blobs a real daemon stored, to cover
+// each point a crash can fall on; the last test kills a daemon while it is
+// writing a snapshot under load.
+
+/// A sealed memfd holding `bytes`, as the daemon stores a snapshot.
+fn sealed_memfd(bytes: &[u8]) -> std::os::fd::OwnedFd {
+    use rustix::fs::{fcntl_add_seals, memfd_create, MemfdFlags, SealFlags};
+    let fd = memfd_create("crafted", MemfdFlags::CLOEXEC | MemfdFlags::ALLOW_SEALING).unwrap();
+    rustix::io::write(&fd, bytes).unwrap();
+    fcntl_add_seals(
+        &fd,
+        SealFlags::WRITE | SealFlags::GROW | SealFlags::SHRINK | SealFlags::SEAL,
+    )
+    .unwrap();
+    fd
+}
+
+/// A journal memfd holding `entries`, as the daemon appends them.
+fn journal_memfd(entries: &[JournalEntry]) -> std::os::fd::OwnedFd {
+    let fd = rustix::fs::memfd_create("crafted-journal", rustix::fs::MemfdFlags::CLOEXEC).unwrap();
+    let bytes: Vec<u8> = entries.iter().flat_map(encode_journal_entry).collect();
+    rustix::io::write(&fd, &bytes).unwrap();
+    fd
+}
+
+/// A snapshot of `generation` holding `names`: (name, highest number,
+/// kept versions).
+fn snapshot_memfd(generation: u64, names: &[(&str, u64, &[&AssetInfo])]) -> std::os::fd::OwnedFd {
+    let snapshot = Snapshot {
+        format: SNAPSHOT_FORMAT,
+        generation,
+        forgotten: Vec::new(),
+        names: names
+            .iter()
+            .map(|(name, last_version, versions)| SnapshotName {
+                name: name.to_string(),
+                last_version: *last_version,
+                versions: versions.iter().map(|info| stored(info)).collect(),
+            })
+            .collect(),
+    };
+    sealed_memfd(&encode_snapshot(&snapshot))
+}
+
+fn stored(info: &AssetInfo) -> StoredVersion {
+    StoredVersion {
+        info: info.clone(),
+        owner: Some(rustix::process::geteuid().as_raw()),
+        charged: false,
+    }
+}
+
+fn published(info: &AssetInfo) -> JournalEntry {
+    JournalEntry::Published(stored(info))
+}
+
+fn removed(info: &AssetInfo) -> JournalEntry {
+    JournalEntry::Removed {
+        name: info.name.clone(),
+        version: info.version,
+    }
+}
+
+/// A daemon under the fake service manager that published x v1 (bytes
+/// "A"), x v2 ("B") and y v1 ("C") and was killed; its catalog and
+/// journals are taken out of the store, its blobs are left in.
+struct Crafted {
+    _dir: tempfile::TempDir,
+    systemd: FakeSystemd,
+    x1: AssetInfo,
+    x2: AssetInfo,
+    y1: AssetInfo,
+}
+
+impl Crafted {
+    fn new() -> Crafted {
+        let dir = tempfile::tempdir().unwrap();
+        let mut systemd = FakeSystemd::new(dir.path(), true, &["--keep-versions", "4"]);
+        systemd.start();
+        systemd.wait_for(0, |n| n.get("READY") == Some("1"));
+        let mut client = connect(&systemd.socket());
+        let x1 = client.publish_bytes("x", b"A").unwrap();
+        let x2 = client.publish_bytes("x", b"B").unwrap();
+        let y1 = client.publish_bytes("y", b"C").unwrap();
+        drop(client);
+        systemd.kill();
+        systemd.take("catalog-");
+        systemd.take("journal-");
+        Crafted {
+            _dir: dir,
+            systemd,
+            x1,
+            x2,
+            y1,
+        }
+    }
+
+    /// Start the daemon on the store as crafted; a client of it.
+    fn restart(&mut self) -> memseal::Client {
+        let mark = self.systemd.notifications();
+        self.systemd.start();
+        self.systemd.wait_for(mark, |n| n.get("READY") == Some("1"));
+        connect(&self.systemd.socket())
+    }
+
+    /// The catalogs and journals in the store.
+    fn generations(&self) -> Vec<String> {
+        self.systemd
+            .stored_names()
+            .into_iter()
+            .filter(|name| !name.starts_with("blob-"))
+            .collect()
+    }
+}
+
+/// Every kept version of `name`, by number.
+fn versions_of(client: &mut memseal::Client, name: &str) -> Vec<(u64, Vec<u8>)> {
+    snapshot(client)
+        .into_iter()
+        .filter(|((n, _), _)| n == name)
+        .map(|((_, version), (bytes, _))| (version, bytes))
+        .collect()
+}
+
+#[test]
+fn a_crash_before_the_new_snapshot_is_stored_replays_both_journals() {
+    let mut crafted = Crafted::new();
+    let (x1, x2, y1) = (&crafted.x1, &crafted.x2, &crafted.y1);
+    // Snapshot 1 and its journal; journal 2 was started, and a change
+    // appended to it, but the daemon died before snapshot 2 was stored.
+    crafted
+        .systemd
+        .put("catalog-1", snapshot_memfd(1, &[("x", 1, &[x1])]));
+    crafted
+        .systemd
+        .put("journal-1", journal_memfd(&[published(x2), removed(x1)]));
+    crafted
+        .systemd
+        .put("journal-2", journal_memfd(&[published(y1)]));
+
+    let mut client = crafted.restart();
+    assert_eq!(versions_of(&mut client, "x"), [(2, b"B".to_vec())]);
+    assert_eq!(versions_of(&mut client, "y"), [(1, b"C".to_vec())]);
+    assert_eq!(client.status().unwrap().versions, 2);
+    assert_eq!(client.publish_bytes("x", b"next").unwrap().version, 3);
+    // The restore's own snapshot replaced all three.
+    assert_eq!(crafted.generations(), ["catalog-3", "journal-3"]);
+    let logs = crafted.systemd.logs();
+    assert!(!logs.contains("could not be restored"), "{logs}");
+}
+
+#[test]
+fn a_snapshot_written_while_changes_went_on_takes_its_journal_once() {
+    let mut crafted = Crafted::new();
+    let (x1, x2, y1) = (&crafted.x1, &crafted.x2, &crafted.y1);
+    // Snapshot 2 was stored, the daemon died before removing generation
+    // 1. Journal 2 began before snapshot 2's pages were read: x's page
+    // was read after x v2 came (so both hold it) and before x v1 left;
+    // y's page was read after y v1 came.
+    crafted.systemd.put("catalog-1", snapshot_memfd(1, &[]));
+    // Replayed, this would take y away: it must not be.
+    crafted
+        .systemd
+        .put("journal-1", journal_memfd(&[removed(y1)]));
+    crafted.systemd.put(
+        "catalog-2",
+        snapshot_memfd(2, &[("x", 2, &[x1, x2]), ("y", 1, &[y1])]),
+    );
+    crafted.systemd.put(
+        "journal-2",
+        journal_memfd(&[published(x2), published(y1), removed(x1), published(x2)]),
+    );
+
+    let mut client = crafted.restart();
+    assert_eq!(versions_of(&mut client, "x"), [(2, b"B".to_vec())]);
+    assert_eq!(versions_of(&mut client, "y"), [(1, b"C".to_vec())]);
+    // Counted once each: a version put back twice would count twice.
+    assert_eq!(client.status().unwrap().versions, 2);
+    assert_eq!(client.publish_bytes("y", b"next").unwrap().version, 2);
+    assert_eq!(crafted.generations(), ["catalog-3", "journal-3"]);
+}
+
+#[test]
+fn a_version_whose_blob_left_before_the_crash_is_removed_quietly() {
+    let mut crafted = Crafted::new();
+    let (x1, x2, y1) = (&crafted.x1, &crafted.x2, &crafted.y1);
+    // Snapshot 2's page of y was read before y v1 was removed; the
+    // removal dropped the blob from the store and went to journal 2.
+    let y_blob = format!("blob-{}", memseal::proto::message::hash_to_hex(&y1.hash));
+    assert_eq!(crafted.systemd.take(&y_blob).len(), 1);
+    crafted.systemd.put(
+        "catalog-2",
+        snapshot_memfd(2, &[("x", 2, &[x1, x2]), ("y", 1, &[y1])]),
+    );
+    crafted
+        .systemd
+        .put("journal-2", journal_memfd(&[removed(y1)]));
+
+    let mut client = crafted.restart();
+    assert_eq!(versions_of(&mut client, "y"), []);
+    assert_eq!(client.status().unwrap().versions, 2);
+    assert_eq!(client.publish_bytes("y", b"back").unwrap().version, 2);
+    let logs = crafted.systemd.logs();
+    assert!(!logs.contains("could not be restored"), "{logs}");
+}
+
+/// A client publishes and removes names of 200 bytes in a loop; the
+/// daemon is killed while it writes a snapshot, seen in the store as a
+/// journal newer than every snapshot. Everything the client was told is
+/// there after the restart, and nothing it removed.
+#[test]
+fn a_crash_while_a_snapshot_is_written_loses_no_acknowledged_change() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut systemd =
+        FakeSystemd::new(dir.path(), true, &["--keep-versions", "1"]).with_log_level("info");
+    systemd.start();
+    systemd.wait_for(0, |n| n.get("READY") == Some("1"));
+    let socket = systemd.socket();
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let writer = std::thread::spawn({
+        let stop = stop.clone();
+        move || {
+            let mut client = connect(&socket);
+            let mut kept = BTreeMap::new();
+            for i in 0u64.. {
+                if stop.load(std::sync::atomic::Ordering::Relaxed) {
+                    break;
+                }
+                let name = format!("n/{i:07}/{}", "p".repeat(190));
+                let bytes = (i % 3).to_le_bytes();
+                match client.publish_bytes(&name, &bytes) {
+                    Ok(info) => kept.insert(name.clone(), (info.version, bytes.to_vec())),
+                    Err(_) => break,
+                };
+                if i % 4 == 0 {
+                    match client.remove(&name, None) {
+                        Ok(_) => kept.remove(&name),
+                        Err(_) => break,
+                    };
+                }
+            }
+            kept
+        }
+    });
+
+    // A snapshot is being written while a journal newer than the newest
+    // snapshot is in the store.
+    let generation = |names: &[String], prefix: &str| {
+        names
+            .iter()
+            .filter_map(|name| name.strip_prefix(prefix)?.parse::<u64>().ok())
+            .max()
+            .unwrap_or(0)
+    };
+    let deadline = Instant::now() + Duration::from_secs(120);
+    let mut seen = 0;
+    loop {
+        let names = systemd.stored_names();
+        if generation(&names, "journal-") > generation(&names, "catalog-") {
+            // Not the restore's own snapshot at start: one under load.
+            if generation(&names, "catalog-") >= 2 {
+                break;
+            }
+        }
+        seen += 1;
+        assert!(
+            Instant::now() < deadline && !writer.is_finished(),
+            "no snapshot under way seen in {seen} looks at the store"
+        );
+        std::thread::sleep(Duration::from_micros(200));
+    }
+    systemd.kill();
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let kept = writer.join().unwrap();
+    assert!(kept.len() > 1000, "{} names", kept.len());
+
+    let mark = systemd.notifications();
+    systemd.start();
+    systemd.wait_for(mark, |n| n.get("READY") == Some("1"));
+    let mut client = connect(&systemd.socket());
+    for (name, (version, bytes)) in &kept {
+        let asset = client
+            .fetch(name)
+            .unwrap_or_else(|e| panic!("{name} v{version} was acknowledged: {e}"));
+        assert_eq!((asset.info().version, &asset[..]), (*version, &bytes[..]));
+    }
+    // At most the one change in flight at the kill beyond those kept.
+    let names = client.status().unwrap().names;
+    assert!(
+        names == kept.len() as u64 || names == kept.len() as u64 + 1,
+        "{names} names after the restart, {} acknowledged",
+        kept.len()
+    );
+    let logs = systemd.logs();
+    assert!(!logs.contains("could not be restored"), "{logs}");
 }

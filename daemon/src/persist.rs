@@ -47,7 +47,8 @@ use crate::blob::{Blob, BlobKey, BlobWriter};
 use crate::catalog::{Catalog, Change, Version};
 use crate::state::{Observer, State};
 use memseal_proto::codec::{
-    decode_journal, decode_snapshot, encode_journal_entry, encode_snapshot, MAX_SNAPSHOT_LEN,
+    decode_journal, decode_snapshot, encode_journal_entry, EncodedSnapshot, SnapshotEncoder,
+    MAX_SNAPSHOT_LEN,
 };
 use memseal_proto::message::{hash_from_hex, hash_to_hex};
 use memseal_proto::persisted::SNAPSHOT_FORMAT;
@@ -263,14 +264,23 @@ impl FdStore {
     /// Write snapshot `number` of the catalog as it is now and store it;
     /// the journal of the same number was started before this began.
     fn write_snapshot(&self, state: &State, number: u64) {
-        let outcome = snapshot_of(state, number).and_then(|bytes| {
-            let sealed = sealed_memfd(&bytes)?;
+        let started = std::time::Instant::now();
+        let outcome = snapshot_of(state, number).and_then(|encoded| {
+            let sealed = sealed_memfd(&[&encoded.head, &encoded.names])?;
             store_fd(&catalog_name(number), sealed.fd())?;
-            Ok(bytes.len() as u64)
+            Ok(encoded.len() as u64)
         });
         let mut current = self.generation();
         match outcome {
-            Ok(len) => current.snapshot_stored(number, len),
+            Ok(len) => {
+                current.snapshot_stored(number, len);
+                info!(
+                    generation = number,
+                    bytes = len,
+                    took_ms = started.elapsed().as_millis() as u64,
+                    "stored a snapshot of the catalog"
+                );
+            }
             // The older snapshot and every journal since stay: a restart
             // replays them all.
             Err(e) => warn!("cannot store a snapshot of the catalog in the fd store: {e}"),
@@ -335,38 +345,41 @@ fn append(journal: &OwnedFd, offset: u64, mut bytes: &[u8]) -> io::Result<()> {
 
 /// The catalog, read one page at a time, encoded as snapshot `number`.
 /// Changes may land between pages: the journal of the same number, started
-/// before the first page was read, records them all.
-fn snapshot_of(state: &State, number: u64) -> io::Result<Vec<u8>> {
-    let mut snapshot = Snapshot {
-        format: SNAPSHOT_FORMAT,
-        generation: number,
-        forgotten: Vec::new(),
-        names: Vec::new(),
-    };
+/// before the first page was read, records them all. Each page is encoded
+/// as soon as it is read, so the catalog is held once more only in its
+/// encoding.
+fn snapshot_of(state: &State, number: u64) -> io::Result<EncodedSnapshot> {
+    let mut encoder = SnapshotEncoder::new(SNAPSHOT_FORMAT, number);
     let mut cursor: Option<String> = None;
     loop {
         let (page, next) =
             state.with_catalog(|catalog| catalog.snapshot_page(cursor.as_deref(), SNAPSHOT_PAGE));
-        snapshot.names.extend(page);
+        for name in &page {
+            encoder.push(name);
+        }
         match next {
             Some(name) => cursor = Some(name),
             None => break,
         }
     }
-    snapshot.forgotten = state.with_catalog(|catalog| catalog.forgotten());
-    let bytes = encode_snapshot(&snapshot);
-    if bytes.len() > SNAPSHOT_READ_LIMIT {
+    let forgotten = state.with_catalog(|catalog| catalog.forgotten());
+    let encoded = encoder.finish(&forgotten);
+    if encoded.len() > SNAPSHOT_READ_LIMIT {
         return Err(io::Error::other(format!(
             "the snapshot is {} bytes, more than the {SNAPSHOT_READ_LIMIT} a restart reads",
-            bytes.len()
+            encoded.len()
         )));
     }
-    Ok(bytes)
+    Ok(encoded)
 }
 
-fn sealed_memfd(bytes: &[u8]) -> io::Result<Blob> {
-    let mut writer = BlobWriter::new(bytes.len() as u64)?;
-    writer.write(bytes)?;
+/// A sealed memfd holding `parts`, one after the other.
+fn sealed_memfd(parts: &[&[u8]]) -> io::Result<Blob> {
+    let size = parts.iter().map(|part| part.len() as u64).sum();
+    let mut writer = BlobWriter::new(size)?;
+    for part in parts {
+        writer.write(part)?;
+    }
     writer.finish()
 }
 
@@ -891,7 +904,7 @@ mod tests {
             generation: 4,
             ..empty_snapshot()
         };
-        let blob = sealed_memfd(&encode_snapshot(&snapshot)).unwrap();
+        let blob = sealed_memfd(&[&memseal_proto::codec::encode_snapshot(&snapshot)]).unwrap();
         let fd = rustix::io::dup(blob.fd()).unwrap();
         assert_eq!(read_snapshot(&fd).unwrap(), snapshot);
         let unsealed = rustix::fs::memfd_create("x", rustix::fs::MemfdFlags::empty()).unwrap();

@@ -20,7 +20,7 @@
 
 use crate::error::FrameError;
 use crate::message::{Request, Response};
-use crate::persisted::{JournalEntry, Snapshot, SnapshotV1, SNAPSHOT_FORMAT};
+use crate::persisted::{JournalEntry, Snapshot, SnapshotName, SnapshotV1, SNAPSHOT_FORMAT};
 use crate::{MAX_FDS_PER_FRAME, MAX_FRAME_LEN, MAX_REQUEST_FDS};
 use serde::{de::DeserializeOwned, Serialize};
 use std::os::fd::OwnedFd;
@@ -124,10 +124,82 @@ pub const SNAPSHOT_MAGIC: &[u8; 8] = b"MSEALCAT";
 
 /// Encode a catalog snapshot: [`SNAPSHOT_MAGIC`], then bincode.
 pub fn encode_snapshot(snapshot: &Snapshot) -> Vec<u8> {
-    let mut out = SNAPSHOT_MAGIC.to_vec();
-    bincode::serde::encode_into_std_write(snapshot, &mut out, bincode::config::standard())
+    let mut encoder = SnapshotEncoder::new(snapshot.format, snapshot.generation);
+    for name in &snapshot.names {
+        encoder.push(name);
+    }
+    encoder.finish(&snapshot.forgotten).into_bytes()
+}
+
+/// Encodes a snapshot one name at a time, into the very bytes
+/// [`encode_snapshot`] writes for a whole [`Snapshot`]: a daemon writing a
+/// snapshot of a large catalog holds its encoding only, never every name
+/// decoded as well.
+pub struct SnapshotEncoder {
+    format: u32,
+    generation: u64,
+    /// The names encoded so far, one after the other.
+    names: Vec<u8>,
+    count: u64,
+}
+
+impl SnapshotEncoder {
+    pub fn new(format: u32, generation: u64) -> SnapshotEncoder {
+        SnapshotEncoder {
+            format,
+            generation,
+            names: Vec::new(),
+            count: 0,
+        }
+    }
+
+    /// Append the next name; names go in the order they are pushed.
+    pub fn push(&mut self, name: &SnapshotName) {
+        encode_into(name, &mut self.names);
+        self.count += 1;
+    }
+
+    /// The snapshot, with the table of forgotten names, which the encoding
+    /// puts before the names.
+    pub fn finish(self, forgotten: &[(u32, u64)]) -> EncodedSnapshot {
+        let mut head = SNAPSHOT_MAGIC.to_vec();
+        // The fields of `Snapshot` in their order; a sequence's length is
+        // encoded as a u64 before its items.
+        encode_into(&(self.format, self.generation, forgotten), &mut head);
+        encode_into(&self.count, &mut head);
+        EncodedSnapshot {
+            head,
+            names: self.names,
+        }
+    }
+}
+
+/// An encoded snapshot in two parts: its bytes are `head`, then `names`.
+pub struct EncodedSnapshot {
+    pub head: Vec<u8>,
+    pub names: Vec<u8>,
+}
+
+impl EncodedSnapshot {
+    pub fn len(&self) -> usize {
+        self.head.len() + self.names.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    pub fn into_bytes(self) -> Vec<u8> {
+        let mut bytes = self.head;
+        bytes.extend_from_slice(&self.names);
+        bytes
+    }
+}
+
+/// Append the standard bincode encoding of `value` to `out`.
+fn encode_into(value: &impl Serialize, out: &mut Vec<u8>) {
+    bincode::serde::encode_into_std_write(value, out, bincode::config::standard())
         .expect("encoding into a Vec cannot fail");
-    out
 }
 
 /// Decode a catalog snapshot written by [`encode_snapshot`], or by an
@@ -352,7 +424,7 @@ fn decode<T: DeserializeOwned>(
 mod tests {
     use super::*;
     use crate::message::*;
-    use crate::persisted::{SnapshotName, StoredVersion};
+    use crate::persisted::StoredVersion;
 
     fn payload(frame: &[u8]) -> &[u8] {
         let len = parse_header(frame[..4].try_into().unwrap()).unwrap();
@@ -506,6 +578,17 @@ mod tests {
         };
         let bytes = encode_snapshot(&snapshot);
         assert_eq!(decode_snapshot(&bytes).unwrap(), snapshot);
+        // Name by name, the encoding is the whole struct's, whatever the
+        // number of names (a sequence's length is a varint).
+        for count in [0, 1, 250, 251, 70_000] {
+            let many = Snapshot {
+                names: vec![snapshot.names[0].clone(); count],
+                ..snapshot.clone()
+            };
+            let mut whole = SNAPSHOT_MAGIC.to_vec();
+            encode_into(&many, &mut whole);
+            assert_eq!(encode_snapshot(&many), whole, "{count} names");
+        }
         assert!(decode_snapshot(b"hello").is_err());
         assert!(decode_snapshot(&bytes[..bytes.len() - 1]).is_err());
 

@@ -7,7 +7,13 @@
 //!   a pipe and from the pipe into a memfd, as the daemon does. Two
 //!   copies, one on each side.
 //! - file: `sendfile` from the file into a memfd, one kernel-side copy, as
-//!   the daemon does for a descriptor publish.
+//!   the daemon does for a descriptor publish;
+//! - file on two threads: the same copy split between two threads in
+//!   alternate steps, each splicing through a pipe of its own (what
+//!   `sendfile` does inside): whether a second CPU would buy a file
+//!   publish anything on this machine. (Little: tmpfs takes the file's
+//!   inode lock for each write into it, so the two threads' copies into
+//!   one memfd mostly take turns.)
 //!
 //! Beside `cp` they show what the copies alone cost on this machine, so a
 //! publish's distance from `cp` splits into the copies' and the daemon's.
@@ -78,6 +84,69 @@ pub fn file(source: BorrowedFd<'_>, size: usize) -> io::Result<()> {
         if rustix::fs::sendfile(&target, source, Some(&mut offset), want)? == 0 {
             return Err(io::ErrorKind::UnexpectedEof.into());
         }
+    }
+    Ok(())
+}
+
+/// Bytes each thread of [`file_on_two_threads`] copies at a time.
+const TWO_THREAD_STEP: usize = 16 << 20;
+
+/// Copy `size` bytes of `source` into a memfd on two threads, the steps of
+/// [`TWO_THREAD_STEP`] alternating between them.
+pub fn file_on_two_threads(source: BorrowedFd<'_>, size: usize) -> io::Result<()> {
+    let target = memfd(size)?;
+    let target = target.as_fd();
+    std::thread::scope(|scope| {
+        let second = scope.spawn(move || copy_every_other_step(source, target, size, 1));
+        let first = copy_every_other_step(source, target, size, 0);
+        let second = second
+            .join()
+            .map_err(|_| io::Error::other("the second copying thread panicked"))?;
+        first.and(second)
+    })
+}
+
+/// Copy steps `first`, `first + 2`, ... of `source` into `target` at the
+/// same offsets, through a pipe: the file's pages into the pipe by
+/// reference, then one copy into the memfd.
+fn copy_every_other_step(
+    source: BorrowedFd<'_>,
+    target: BorrowedFd<'_>,
+    size: usize,
+    first: usize,
+) -> io::Result<()> {
+    let (read, write) = rustix::pipe::pipe_with(PipeFlags::CLOEXEC)?;
+    let _ = rustix::pipe::fcntl_setpipe_size(&write, PIPE_CAPACITY);
+    let mut step = first;
+    while step * TWO_THREAD_STEP < size {
+        let mut from = (step * TWO_THREAD_STEP) as u64;
+        let mut to = from;
+        let end = (from as usize + TWO_THREAD_STEP).min(size) as u64;
+        while from < end {
+            let want = ((end - from) as usize).min(PIPE_CAPACITY);
+            let mut waiting = rustix::pipe::splice(
+                source,
+                Some(&mut from),
+                &write,
+                None,
+                want,
+                SpliceFlags::MOVE,
+            )?;
+            if waiting == 0 {
+                return Err(io::ErrorKind::UnexpectedEof.into());
+            }
+            while waiting > 0 {
+                waiting -= rustix::pipe::splice(
+                    &read,
+                    None,
+                    target,
+                    Some(&mut to),
+                    waiting,
+                    SpliceFlags::MOVE,
+                )?;
+            }
+        }
+        step += 2;
     }
     Ok(())
 }

@@ -40,9 +40,9 @@
 //! sends its read-only memfd as `SCM_RIGHTS` on the reply's first byte. The
 //! client library checks the seals before mapping. The daemon copies no
 //! byte of the asset: a fetch costs the same for 4 KiB and 4 GiB. A
-//! client that keeps fetching is served in a fast lane, a thread with
-//! blocking receives (one `recvmsg` and one `sendmsg` per fetch), until it
-//! asks for something else or falls idle.
+//! client that keeps fetching is served in a fast lane, a thread that
+//! waits for its requests itself (one `poll`, one `recvmsg` and one
+//! `sendmsg` per fetch), until it asks for something else or falls idle.
 
 // Unsafe code only where a module opts in: `sys`.
 #![deny(unsafe_code)]

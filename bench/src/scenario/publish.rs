@@ -44,7 +44,8 @@ pub fn run(bench: &Bench) -> io::Result<(Vec<Section>, Vec<Target>)> {
          file to another file in tmpfs, process start included. floors: the copies of a \
          stream or a file publish alone, without daemon, protocol or hash: send on a \
          socket pair with splice into a memfd on the other end, and sendfile into a memfd, on one \
-         thread and split over two. hash: BLAKE3 of the \
+         thread and split over two; and the pages of a memfd alone (fallocate, nothing \
+         copied). hash: BLAKE3 of the \
          same bytes already in memory, on one thread and on all CPUs. No pinning.",
         vec![
             col("size", Kind::Text),
@@ -100,7 +101,7 @@ pub fn run(bench: &Bench) -> io::Result<(Vec<Section>, Vec<Target>)> {
         // host's memory behaves differently from one second to the next
         // (fresh pages are slow to come by on some virtual machines), and
         // interleaving gives each way the same share of it.
-        let mut rounds: [Vec<Duration>; 7] = Default::default();
+        let mut rounds: [Vec<Duration>; 8] = Default::default();
         let mut stream_log = String::new();
         let mut file_log = String::new();
         for _ in 0..runs.max(1) {
@@ -143,8 +144,9 @@ pub fn run(bench: &Bench) -> io::Result<(Vec<Section>, Vec<Target>)> {
             rounds[6].push(timed(|| {
                 super::publish_floor::file_on_two_threads(File::open(&source)?.as_fd(), size)
             })?);
+            rounds[7].push(timed(|| super::publish_floor::pages_only(size))?);
         }
-        let [stream, file, adopt, cp, stream_floor, file_floor, file_floor_two] =
+        let [stream, file, adopt, cp, stream_floor, file_floor, file_floor_two, pages] =
             rounds.map(median);
         let hash_one = time(runs, || {
             std::hint::black_box(blake3::Hasher::new().update(&bytes).finalize());
@@ -200,6 +202,7 @@ pub fn run(bench: &Bench) -> io::Result<(Vec<Section>, Vec<Target>)> {
             ("floor of stream: send + splice into a memfd", stream_floor),
             ("floor of file: sendfile into a memfd", file_floor),
             ("file's copy on two threads, into a memfd", file_floor_two),
+            ("a memfd's pages alone (fallocate, no copy)", pages),
             ("BLAKE3, 1 thread", hash_one),
             ("BLAKE3, all CPUs", hash_all),
             ("BLAKE3 of the memfd, all CPUs", hash_memfd),
@@ -232,8 +235,9 @@ pub fn run(bench: &Bench) -> io::Result<(Vec<Section>, Vec<Target>)> {
         targets.push(vs_cp("streamed", stream, stream_floor, STREAM_VS_CP));
         let mut file_target = vs_cp("file", file, file_floor, FILE_VS_CP);
         file_target.measured += &format!(
-            "; the copy split over two threads {:.2}x cp",
-            rate(file_floor_two) / rate(cp)
+            "; the copy split over two threads {:.2}x cp; the memfd's pages alone {:.2}x cp",
+            rate(file_floor_two) / rate(cp),
+            rate(pages) / rate(cp)
         );
         targets.push(file_target);
         let grown_kib = after_kib.saturating_sub(idle_kib);

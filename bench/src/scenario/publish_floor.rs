@@ -14,6 +14,9 @@
 //!   publish anything on this machine. (Little: tmpfs takes the file's
 //!   inode lock for each write into it, so the two threads' copies into
 //!   one memfd mostly take turns.)
+//! - pages only: `fallocate` of a memfd of the same size, its pages
+//!   taken and nothing copied into them: what of a copy's time is the
+//!   fresh memory alone.
 //!
 //! Beside `cp` they show what the copies alone cost on this machine, so a
 //! publish's distance from `cp` splits into the copies' and the daemon's.
@@ -85,6 +88,13 @@ pub fn file(source: BorrowedFd<'_>, size: usize) -> io::Result<()> {
             return Err(io::ErrorKind::UnexpectedEof.into());
         }
     }
+    Ok(())
+}
+
+/// Take the pages of a new memfd of `size` bytes, copying nothing.
+pub fn pages_only(size: usize) -> io::Result<()> {
+    let target = rustix::fs::memfd_create("bench-floor", MemfdFlags::CLOEXEC)?;
+    rustix::fs::fallocate(&target, rustix::fs::FallocateFlags::empty(), 0, size as u64)?;
     Ok(())
 }
 

@@ -11,7 +11,7 @@ use std::fmt;
 pub type Hash = [u8; 32];
 
 /// What a client asks of the daemon.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, bincode::Encode, bincode::Decode)]
 pub enum Request {
     /// First frame on every connection. `version` is the protocol version the
     /// client speaks; `client` is a free-form name for the daemon's logs.
@@ -71,7 +71,7 @@ pub enum Request {
 }
 
 /// One asset of a [`Request::FetchMany`].
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, bincode::Encode, bincode::Decode)]
 pub struct FetchItem {
     pub name: String,
     pub selector: Selector,
@@ -124,7 +124,9 @@ impl Request {
 }
 
 /// Where the bytes of a publish come from.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, bincode::Encode, bincode::Decode,
+)]
 pub enum PublishSource {
     /// Raw bytes follow on the socket once the daemon says [`Response::Continue`].
     Stream,
@@ -133,7 +135,18 @@ pub enum PublishSource {
 }
 
 /// Which version of a name a fetch or stat wants.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[derive(
+    Debug,
+    Clone,
+    Copy,
+    PartialEq,
+    Eq,
+    Hash,
+    Serialize,
+    Deserialize,
+    bincode::Encode,
+    bincode::Decode,
+)]
 pub enum Selector {
     /// The newest version.
     Latest,
@@ -144,7 +157,7 @@ pub enum Selector {
 }
 
 /// What the daemon answers.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, bincode::Encode, bincode::Decode)]
 pub enum Response {
     /// Handshake accepted.
     Welcome {
@@ -198,7 +211,7 @@ pub enum Response {
 }
 
 /// One item of a [`Response::Assets`].
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, bincode::Encode, bincode::Decode)]
 pub enum FetchResult {
     /// Found; its descriptor rides with the frame.
     Asset(AssetInfo),
@@ -207,7 +220,9 @@ pub enum FetchResult {
 }
 
 /// What a connection may do at most, announced in [`Response::Greeting`].
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, bincode::Encode, bincode::Decode,
+)]
 pub struct SessionLimits {
     /// Descriptors this connection may leave unread in its socket before
     /// the daemon holds further replies that carry descriptors back (and
@@ -218,7 +233,7 @@ pub struct SessionLimits {
 }
 
 /// A change in the catalog, as watchers see it.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, bincode::Encode, bincode::Decode)]
 pub enum Event {
     /// A new version became visible (it is now the latest of its name).
     Published(AssetInfo),
@@ -304,7 +319,7 @@ impl Response {
 }
 
 /// Everything a client learns about one version of an asset.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, bincode::Encode, bincode::Decode)]
 pub struct AssetInfo {
     pub name: String,
     /// Grows by one with each publish of the name and is never reused for
@@ -321,7 +336,9 @@ pub struct AssetInfo {
 }
 
 /// Limits the daemon announces in its handshake.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, bincode::Encode, bincode::Decode,
+)]
 pub struct Limits {
     /// Largest control frame it accepts, length prefix excluded.
     pub max_frame_len: u32,
@@ -336,7 +353,7 @@ pub struct Limits {
 }
 
 /// The daemon's counters, as `memseal status` shows them.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, bincode::Encode, bincode::Decode)]
 pub struct ServerStatus {
     /// Name and version of the server program.
     pub server: String,
@@ -354,7 +371,7 @@ pub struct ServerStatus {
 }
 
 /// A failed request: a code a program can act on and a message for people.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, bincode::Encode, bincode::Decode)]
 pub struct ErrorReply {
     pub code: ErrorCode,
     pub message: String,
@@ -367,7 +384,18 @@ impl fmt::Display for ErrorReply {
 }
 
 /// Why a request failed. The discriminants are the wire values.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[derive(
+    Debug,
+    Clone,
+    Copy,
+    PartialEq,
+    Eq,
+    Hash,
+    Serialize,
+    Deserialize,
+    bincode::Encode,
+    bincode::Decode,
+)]
 pub enum ErrorCode {
     /// No such name, version or hash.
     NotFound = 0,

@@ -593,50 +593,35 @@ mod tests {
         // the 32-byte hashes, which serde hands over a byte at a time); the
         // bytes must stay those of its serde encoding, which PROTOCOL.md
         // describes and other clients implement.
-        let serde_bytes = |message: &dyn erased::Encode| message.serde();
         let (requests, responses) = every_kind();
         assert_eq!(requests.len(), Request::KINDS.len());
         assert_eq!(responses.len(), Response::KINDS.len());
         for request in &requests {
             let frame = encode_request(request).unwrap();
             assert_eq!(&payload(&frame)[1..], serde_bytes(request), "{request:?}");
-            let fds = (0..request.fd_count())
-                .map(|_| rustix::io::dup(std::io::stdin()).unwrap())
-                .collect();
-            assert_eq!(
-                &decode_request(payload(&frame), fds).unwrap().message,
-                request
-            );
+            let decoded = decode_request(payload(&frame), descriptors(request.fd_count()));
+            assert_eq!(&decoded.unwrap().message, request);
         }
         for response in &responses {
             let frame = encode_response(response).unwrap();
-            assert_eq!(
-                &payload(&frame)[1..],
-                serde_bytes(response),
-                "{}",
-                response.kind()
-            );
+            let kind = response.kind();
+            assert_eq!(&payload(&frame)[1..], serde_bytes(response), "{kind}");
             assert_eq!(encoded_response_len(response), frame.len());
-            let fds = (0..response.fd_count())
-                .map(|_| rustix::io::dup(std::io::stdin()).unwrap())
-                .collect();
-            assert_eq!(
-                &decode_response(payload(&frame), fds).unwrap().message,
-                response
-            );
+            let decoded = decode_response(payload(&frame), descriptors(response.fd_count()));
+            assert_eq!(&decoded.unwrap().message, response);
         }
     }
 
-    /// The serde encoding of either kind of message.
-    mod erased {
-        pub trait Encode: std::fmt::Debug {
-            fn serde(&self) -> Vec<u8>;
-        }
-        impl<T: serde::Serialize + std::fmt::Debug> Encode for T {
-            fn serde(&self) -> Vec<u8> {
-                bincode::serde::encode_to_vec(self, bincode::config::standard()).unwrap()
-            }
-        }
+    /// bincode's serde encoding of `message`, standard configuration.
+    fn serde_bytes(message: &impl Serialize) -> Vec<u8> {
+        bincode::serde::encode_to_vec(message, bincode::config::standard()).unwrap()
+    }
+
+    /// `count` descriptors to receive with a frame.
+    fn descriptors(count: u8) -> Vec<OwnedFd> {
+        (0..count)
+            .map(|_| rustix::io::dup(std::io::stdin()).unwrap())
+            .collect()
     }
 
     #[test]

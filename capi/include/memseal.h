@@ -34,7 +34,9 @@
  * - Blocking. Calls that talk to the daemon block until it answers, at
  *   most 30 seconds for each read or write unless memseal_connect_ex says
  *   otherwise. The library installs no signal handlers and starts no
- *   threads. Do not use one client in both processes after fork().
+ *   threads, and raises no SIGPIPE: a daemon that went away is an error
+ *   (every send passes MSG_NOSIGNAL). Do not use one client in both
+ *   processes after fork().
  * - Errors never cross as crashes: a failure inside the library is caught
  *   and returned as MEMSEAL_E_LIBRARY.
  */

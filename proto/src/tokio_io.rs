@@ -18,7 +18,6 @@
 use crate::error::FrameError;
 use crate::wire::{self, FrameBuffer, FrameWriter, RawFrame};
 use rustix::net::{send, SendFlags};
-use sendfd::SendWithFd;
 use std::future::Future;
 use std::io;
 use std::os::fd::{AsFd, BorrowedFd};
@@ -29,7 +28,7 @@ use tokio::net::UnixStream;
 /// the functions of this module need of it.
 pub trait Socket: AsFd + Sync {
     /// What descriptors are sent through.
-    type Sender: SendWithFd + AsFd;
+    type Sender: AsFd;
 
     /// The socket to send on.
     fn sender(&self) -> &Self::Sender;
@@ -147,8 +146,6 @@ pub async fn write_frame(
     let mut writer = FrameWriter::with_fds(frame, fds.to_vec());
     while !writer.is_done() {
         stream.ready(Interest::WRITABLE).await?;
-        // The first step sends the descriptor through sendfd, which runs
-        // its own `try_io`; nesting it in this one is harmless.
         match stream.try_io(Interest::WRITABLE, || writer.write_step(stream.sender())) {
             Ok(()) => {}
             Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}

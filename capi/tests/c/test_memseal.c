@@ -907,6 +907,7 @@ static void run_user(void) {
 static void run_daemon_down(pid_t daemon) {
     memseal_client *client = connect_or_die();
     memseal_client *batcher = connect_or_die();
+    memseal_client *publisher = connect_or_die();
     memseal_asset *asset = NULL;
     CHECK_OK(memseal_fetch(client, SHARED_NAME, &asset));
     CHECK(kill(daemon, SIGTERM) == 0, "kill %d: %s", (int)daemon, strerror(errno));
@@ -953,6 +954,20 @@ static void run_daemon_down(pid_t daemon) {
     CHECK(codes[0] == MEMSEAL_E_CONNECTION_LOST && codes[1] == MEMSEAL_E_CONNECTION_LOST,
           "codes %d, %d after the connection was lost", codes[0], codes[1]);
     memseal_close(batcher);
+
+    /* A descriptor sent to a daemon that is gone: an error, not SIGPIPE.
+     * This program keeps SIGPIPE's default action, as C programs do, so
+     * a send without MSG_NOSIGNAL would kill it here. */
+    int memfd = (int)syscall(SYS_memfd_create, "c-test-down", MFD_CLOEXEC);
+    CHECK(memfd >= 0, "memfd_create: %s", strerror(errno));
+    CHECK(write(memfd, "late", 4) == 4, "write: %s", strerror(errno));
+    uint64_t version = 0;
+    code = memseal_publish_fd(publisher, "c/down/late", memfd, &version);
+    CHECK(code == MEMSEAL_E_IO || code == MEMSEAL_E_PROTOCOL,
+          "publishing a descriptor to a stopped daemon returned %d (%s)", code,
+          memseal_strerror(code));
+    close(memfd);
+    memseal_close(publisher);
     memseal_asset_free(asset);
 }
 

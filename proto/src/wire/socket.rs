@@ -4,12 +4,12 @@
 use super::{FrameBuffer, RawFrame};
 use crate::error::FrameError;
 use rustix::net::{
-    recvmsg, send, RecvAncillaryBuffer, RecvAncillaryMessage, RecvFlags, ReturnFlags, SendFlags,
+    recvmsg, send, sendmsg, RecvAncillaryBuffer, RecvAncillaryMessage, RecvFlags, ReturnFlags,
+    SendAncillaryBuffer, SendAncillaryMessage, SendFlags,
 };
-use sendfd::SendWithFd;
-use std::io::{self, IoSliceMut};
+use std::io::{self, IoSlice, IoSliceMut};
 use std::mem::MaybeUninit;
-use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 
 /// Room for this many descriptors in each receive. Anything above
 /// [`crate::MAX_FDS_PER_FRAME`] is an error, but the extra room lets the
@@ -184,14 +184,13 @@ impl<'a> FrameWriter<'a> {
     }
 
     /// Make progress with one system call. The first call that sends
-    /// anything sends the descriptors with it (sendfd's `sendmsg`); the
-    /// rest goes out with `send(MSG_NOSIGNAL)`. On a non-blocking socket
+    /// anything sends the descriptors with it (`sendmsg`); the rest goes
+    /// out with `send`. Both pass `MSG_NOSIGNAL`. On a non-blocking socket
     /// without room this returns `WouldBlock` and may be called again.
-    pub fn write_step<S: SendWithFd + AsFd>(&mut self, socket: &S) -> io::Result<()> {
+    pub fn write_step(&mut self, socket: &impl AsFd) -> io::Result<()> {
         let rest = &self.frame[self.sent..];
         let written = if self.sent == 0 && !self.fds.is_empty() {
-            let raw: Vec<_> = self.fds.iter().map(|fd| fd.as_raw_fd()).collect();
-            socket.send_with_fd(rest, &raw)
+            send_with_fds(socket.as_fd(), rest, &self.fds)
         } else {
             send(socket, rest, SendFlags::NOSIGNAL).map_err(io::Error::from)
         };
@@ -207,10 +206,40 @@ impl<'a> FrameWriter<'a> {
     }
 
     /// Send the whole frame on a blocking socket.
-    pub fn write_all<S: SendWithFd + AsFd>(mut self, socket: &S) -> io::Result<()> {
+    pub fn write_all(mut self, socket: &impl AsFd) -> io::Result<()> {
         while !self.is_done() {
             self.write_step(socket)?;
         }
         Ok(())
     }
+}
+
+/// `sendmsg` of `bytes` with `fds` as `SCM_RIGHTS`, with `MSG_NOSIGNAL`: a
+/// peer that hung up is an error (`EPIPE`), never a `SIGPIPE` that would
+/// kill the sending process, which may be any program linking the client
+/// library (C programs keep SIGPIPE's default action). sendfd's
+/// `send_with_fd` cannot pass that flag.
+fn send_with_fds(
+    socket: BorrowedFd<'_>,
+    bytes: &[u8],
+    fds: &[BorrowedFd<'_>],
+) -> io::Result<usize> {
+    let mut space = [MaybeUninit::<u8>::uninit();
+        rustix::cmsg_space!(ScmRights(crate::MAX_FDS_PER_FRAME as usize))];
+    let mut control = SendAncillaryBuffer::new(&mut space);
+    if fds.len() > crate::MAX_FDS_PER_FRAME as usize
+        || !control.push(SendAncillaryMessage::ScmRights(fds))
+    {
+        return Err(io::Error::other(format!(
+            "a frame carries at most {} descriptors, not {}",
+            crate::MAX_FDS_PER_FRAME,
+            fds.len()
+        )));
+    }
+    Ok(sendmsg(
+        socket,
+        &[IoSlice::new(bytes)],
+        &mut control,
+        SendFlags::NOSIGNAL,
+    )?)
 }

@@ -242,13 +242,71 @@ pub(crate) fn hello(client: String, version: u32) -> RoundTrip<Welcome> {
     })
 }
 
+/// An answer that must be the asset asked for: the name, and the version
+/// or hash the selector named. A daemon that answers with another asset
+/// breaks the protocol, however well sealed that asset is.
+pub(crate) struct Picked<T> {
+    name: String,
+    selector: Selector,
+    round_trip: RoundTrip<T>,
+    info: fn(&T) -> &AssetInfo,
+}
+
+impl<T> Operation for Picked<T> {
+    type Output = T;
+
+    fn start(&mut self) -> Step<T> {
+        self.round_trip.start()
+    }
+
+    fn sent(&mut self, outcome: Result<(), Error>) -> Step<T> {
+        self.round_trip.sent(outcome)
+    }
+
+    fn received(&mut self, answer: Result<Decoded<Response>, Error>) -> Step<T> {
+        match self.round_trip.received(answer) {
+            Step::Done(Ok(answered)) => {
+                let checked = answers(&self.name, self.selector, (self.info)(&answered));
+                Step::Done(checked.map(|()| answered))
+            }
+            step => step,
+        }
+    }
+}
+
+/// Whether `info` answers a request for `name` with `selector`.
+fn answers(name: &str, selector: Selector, info: &AssetInfo) -> Result<(), Error> {
+    let picked = match selector {
+        Selector::Latest => true,
+        Selector::Version(version) => info.version == version,
+        Selector::Hash(hash) => info.hash == hash,
+    };
+    if info.name == name && picked {
+        return Ok(());
+    }
+    Err(Error::Protocol(FrameError::Protocol(format!(
+        "asked for '{name}' ({}), the daemon answered with '{}' version {}",
+        selector_text(selector),
+        info.name,
+        info.version
+    ))))
+}
+
+fn selector_text(selector: Selector) -> String {
+    match selector {
+        Selector::Latest => "latest".to_owned(),
+        Selector::Version(version) => format!("version {version}"),
+        Selector::Hash(hash) => format!("hash {}", memseal_proto::message::hash_to_hex(&hash)),
+    }
+}
+
 /// A fetch: the metadata and the descriptor, not yet verified.
-pub(crate) fn fetch(name: &str, selector: Selector) -> RoundTrip<(AssetInfo, OwnedFd)> {
+pub(crate) fn fetch(name: &str, selector: Selector) -> Picked<(AssetInfo, OwnedFd)> {
     let request = Request::Fetch {
         name: name.to_owned(),
         selector,
     };
-    round_trip(request, |answer| {
+    let round_trip = round_trip(request, |answer| {
         let answer = answer?;
         match answer.message {
             Response::Asset(info) => {
@@ -264,14 +322,23 @@ pub(crate) fn fetch(name: &str, selector: Selector) -> RoundTrip<(AssetInfo, Own
             }
             other => Err(unexpected("asset", &other)),
         }
-    })
+    });
+    Picked {
+        name: name.to_owned(),
+        selector,
+        round_trip,
+        info: |(info, _)| info,
+    }
 }
 
 /// A batch fetch: one result per item, each the metadata and the (not yet
 /// verified) descriptor, or why that item failed.
 pub(crate) fn fetch_many(items: Vec<FetchItem>) -> FetchMany {
     FetchMany {
-        asked: items.len(),
+        asked: items
+            .iter()
+            .map(|item| (item.name.clone(), item.selector))
+            .collect(),
         round_trip: round_trip(Request::FetchMany { items }, |answer| {
             let answer = answer?;
             let Response::Assets { items } = answer.message else {
@@ -302,9 +369,10 @@ pub(crate) fn fetch_many(items: Vec<FetchItem>) -> FetchMany {
 }
 
 /// A batch fetch: a round trip whose answer must hold one result per item
-/// asked, in order; anything else would pin results on the wrong names.
+/// asked, in order, each asset the one its item asked for; anything else
+/// would pin results on the wrong names.
 pub(crate) struct FetchMany {
-    asked: usize,
+    asked: Vec<(String, Selector)>,
     round_trip: RoundTrip<Vec<Result<(AssetInfo, OwnedFd), Error>>>,
 }
 
@@ -321,12 +389,23 @@ impl Operation for FetchMany {
 
     fn received(&mut self, answer: Result<Decoded<Response>, Error>) -> Step<Self::Output> {
         match self.round_trip.received(answer) {
-            Step::Done(Ok(results)) if results.len() != self.asked => {
+            Step::Done(Ok(results)) if results.len() != self.asked.len() => {
                 Step::Done(Err(Error::Protocol(FrameError::Protocol(format!(
                     "a batch of {} items was answered with {} results",
-                    self.asked,
+                    self.asked.len(),
                     results.len()
                 )))))
+            }
+            Step::Done(Ok(results)) => {
+                let mismatch = results.iter().zip(&self.asked).find_map(|(result, asked)| {
+                    let (info, _) = result.as_ref().ok()?;
+                    answers(&asked.0, asked.1, info).err()
+                });
+                match mismatch {
+                    // Every descriptor of the batch is closed with it.
+                    Some(e) => Step::Done(Err(e)),
+                    None => Step::Done(Ok(results)),
+                }
             }
             step => step,
         }
@@ -345,15 +424,20 @@ pub(crate) fn fetch_items(items: &[(&str, Selector)]) -> Vec<FetchItem> {
 }
 
 /// A stat: the metadata of one version.
-pub(crate) fn stat(name: &str, selector: Selector) -> RoundTrip<AssetInfo> {
+pub(crate) fn stat(name: &str, selector: Selector) -> Picked<AssetInfo> {
     let request = Request::Stat {
         name: name.to_owned(),
         selector,
     };
-    round_trip(request, |answer| match answer?.message {
-        Response::Info(info) => Ok(info),
-        other => Err(unexpected("info", &other)),
-    })
+    Picked {
+        name: name.to_owned(),
+        selector,
+        round_trip: round_trip(request, |answer| match answer?.message {
+            Response::Info(info) => Ok(info),
+            other => Err(unexpected("info", &other)),
+        }),
+        info: |info| info,
+    }
 }
 
 /// A removal of one version of `name`, or of all of them: how many went.

@@ -594,3 +594,65 @@ fn a_batch_answer_with_the_wrong_number_of_results_is_refused() {
         assert_eq!(open_fds_named(&name), 0, "[{label}] a descriptor was kept");
     }
 }
+
+/// A sealed memfd answering for another asset than the one asked for: a
+/// protocol error (the daemon, or whatever listens in its place, answered
+/// a question nobody asked), and the descriptor is closed unmapped.
+#[test]
+fn an_answer_for_another_asset_is_refused() {
+    let name = "hostile-another";
+    refused(
+        name,
+        Box::new(move |stream| {
+            let fd = memfd(
+                name,
+                ANNOUNCED as usize,
+                SealFlags::WRITE | SealFlags::GROW | SealFlags::SHRINK,
+            );
+            let other = AssetInfo {
+                name: "hostile/other".into(),
+                ..info(ANNOUNCED)
+            };
+            send(stream, &Response::Asset(other), Some(fd.as_fd()));
+        }),
+        |err| matches!(err, Error::Protocol(FrameError::Protocol(why)) if why.contains("'hostile/other'")),
+    );
+}
+
+/// In a batch, a result that answers for another version than its item
+/// asked for fails the whole batch, every descriptor closed.
+#[test]
+fn a_batch_result_for_another_version_is_refused() {
+    let name = "hostile-batch-version";
+    let fake = FakeDaemon::start(Box::new(move |stream| {
+        let fds: Vec<OwnedFd> = (0..2)
+            .map(|_| {
+                memfd(
+                    name,
+                    ANNOUNCED as usize,
+                    SealFlags::WRITE | SealFlags::GROW | SealFlags::SHRINK,
+                )
+            })
+            .collect();
+        // Both answer version 1; the second item asked for version 2.
+        let items = vec![FetchResult::Asset(info(ANNOUNCED)); 2];
+        let frame = encode_response(&Response::Assets { items }).unwrap();
+        let raw: Vec<i32> = fds.iter().map(|fd| fd.as_raw_fd()).collect();
+        stream.send_with_fd(&frame, &raw).unwrap();
+    }));
+    let mut client = fake.connect().expect("the handshake succeeds");
+    let asked = [
+        ("hostile/asset", Selector::Latest),
+        ("hostile/asset", Selector::Version(2)),
+    ];
+    let err = client
+        .fetch_many(&asked, &MapOptions::new())
+        .expect_err("the batch must fail");
+    fake.wait_answered();
+    assert!(
+        matches!(&err, Error::Protocol(FrameError::Protocol(why)) if why.contains("version 2")),
+        "unexpected error: {err:?}"
+    );
+    assert_eq!(mappings_named(name), 0, "something stayed mapped");
+    assert_eq!(open_fds_named(name), 0, "a descriptor was kept");
+}

@@ -304,8 +304,20 @@ class Client:
 
     def _fetch(self, picked: bytes) -> Asset:
         reply, fds = self._exchange(m.fetch_request(picked), m.AssetReply)
+        self._expect_answer([picked], [reply.info], fds)
         (fd,) = fds  # the channel checked that an Asset reply carries one
         return Asset(reply.info, fd)
+
+    def _expect_answer(self, asked: Sequence[bytes], infos: Sequence[AssetInfo], fds: List[int]) -> None:
+        """Raise :class:`ProtocolError` (closing ``fds`` and the connection)
+        unless each of ``infos`` is the asset its selection in ``asked``
+        named."""
+        for picked, info in zip(asked, infos):
+            why = m.mismatch(picked, info)
+            if why is not None:
+                close_all(fds)
+                self.close()
+                raise ProtocolError(why)
 
     def fetch_many(self, items: Iterable[FetchItem]) -> List[FetchResult]:
         """Fetch several assets, in as few round trips as the daemon allows.
@@ -369,11 +381,16 @@ class Client:
             close_all(fds)
             self.close()
             raise ProtocolError("memseald answered %d result(s) to a batch of %d" % (len(reply.items), len(batch)))
+        answered = [(picked, result) for picked, result in zip(batch, reply.items) if isinstance(result, AssetInfo)]
+        self._expect_answer([p for p, _ in answered], [info for _, info in answered], fds)
         return _open_each(reply.items, fds)
 
     def stat(self, name: str, version: Optional[int] = None, hash: Optional[HashLike] = None) -> AssetInfo:
         """What a fetch would return, without the descriptor."""
-        return self._call(m.stat_request(m.selection(name, version, hash)), m.Info).info
+        picked = m.selection(name, version, hash)
+        info = self._call(m.stat_request(picked), m.Info).info
+        self._expect_answer([picked], [info], [])
+        return info
 
     def list(self, prefix: str = "") -> List[AssetInfo]:
         """The latest version of every name starting with ``prefix``,

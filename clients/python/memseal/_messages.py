@@ -162,6 +162,27 @@ def selection(name: str, version: Optional[int] = None, hash: Optional[HashLike]
     return e.bytes()
 
 
+def mismatch(picked: bytes, info: AssetInfo) -> Optional[str]:
+    """Why ``info`` does not answer the :func:`selection` ``picked`` (the
+    name, and the version or hash it named), or None if it does. A daemon
+    that answers with another asset breaks the protocol, however well
+    sealed that asset is."""
+    d = Decoder(picked)
+    name = d.string()
+    kind = d.varint(32)
+    if kind == _VERSION:
+        wanted = d.u64()
+        picked_ok, said = info.version == wanted, "version %d" % wanted
+    elif kind == _HASH:
+        wanted_hash = d.raw(32)
+        picked_ok, said = info.hash == wanted_hash, "hash %s" % wanted_hash.hex()
+    else:
+        picked_ok, said = True, "latest"
+    if info.name == name and picked_ok:
+        return None
+    return "asked for %r (%s), the daemon answered with %r version %d" % (name, said, info.name, info.version)
+
+
 def item_selection(item: FetchItem) -> bytes:
     """The :func:`selection` of one :data:`FetchItem`."""
     if isinstance(item, str):

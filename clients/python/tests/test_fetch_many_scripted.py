@@ -178,9 +178,17 @@ def too_few_results(conn: socket.socket) -> None:
     scripted.send(conn, scripted.frame(message, 2), [scripted.memfd(b"a"), scripted.memfd(b"b")])
 
 
+def another_asset(conn: socket.socket) -> None:
+    """Three well-formed, sealed results; the second names another asset."""
+    scripted.fetch_many_count(conn)
+    message = scripted.assets([("a", 1), ("x", 1), ("c", 1)])
+    scripted.send(conn, scripted.frame(message, 3), [scripted.memfd(b"a"), scripted.memfd(b"x"), scripted.memfd(b"c")])
+
+
 @pytest.mark.parametrize(
     "answer, error",
     [
+        (another_asset, "asked for 'b' \\(latest\\), the daemon answered with 'x'"),
         (counted_wrong, "carries 2 descriptor"),
         (declared_wrong, "declared 1 descriptor"),
         (malformed, "malformed reply"),
@@ -252,3 +260,16 @@ def test_a_batch_too_long_for_one_frame_is_split() -> None:
         assert len(client.fetch_many(items)) == 253
     assert counts == [230, 23]
     assert max(frames) <= memseal.MAX_FRAME_LEN
+
+
+def test_a_fetch_answered_with_another_asset_is_a_protocol_error() -> None:
+    """A single fetch answered with a sealed memfd of another name: the
+    descriptor is closed, the connection too."""
+
+    def answer(conn: socket.socket) -> None:
+        assert scripted.fetch_name(conn) == "wanted"
+        scripted.send(conn, scripted.frame(scripted.asset("other", 5), 1), [scripted.memfd(b"other")])
+
+    with run([greeted(8, answer)]) as client:
+        with pytest.raises(memseal.ProtocolError, match="answered with 'other'"):
+            client.fetch("wanted")

@@ -1,16 +1,15 @@
 //! The fast lane: a client that keeps fetching is served by a thread that
-//! waits for its requests itself, the way the minimal handoff server of the benchmarks
-//! is: one `poll`, one `recvmsg` and one `sendmsg` per fetch, no event
-//! loop between them.
+//! waits for its requests itself, the way the minimal handoff server of
+//! the benchmarks is: one `poll`, one `recvmsg` and one `sendmsg` per
+//! fetch, no event loop between them.
 //!
 //! After the event loop has answered a fetch, a stat or a batch, the
 //! connection takes a lane if one is free ([`Lanes`]: as many as the
-//! machine has CPUs) and stays on its task's thread
-//! (`block_in_place`, so the runtime carries on with its other tasks on
-//! another thread), its socket switched to blocking, and waits for each
-//! request with `poll` for at most [`LANE_IDLE`]. There it answers what it
-//! can answer at once: fetches,
-//! stats and batches of versions the daemon holds, with room in the
+//! machine has CPUs) and stays on its task's thread (`block_in_place`, so
+//! the runtime carries on with its other tasks on another thread), its
+//! socket switched to blocking, waiting for each request with `poll` for
+//! at most [`LANE_IDLE`]. There it answers what it can answer at once:
+//! fetches, stats and batches of versions the daemon holds, with room in the
 //! client's queue for the descriptors. Anything else (a publish, a list,
 //! a name it must pull or refuse, a client that sits on its replies), a
 //! frame that did not arrive whole, an idle client, or the daemon stopping sends
@@ -174,6 +173,8 @@ impl Connection {
             match wire::receive(self.stream.as_fd(), &mut self.buffer) {
                 Ok(()) => {}
                 Err(FrameError::Io(e)) if e.kind() == io::ErrorKind::Interrupted => {}
+                // Not after `poll` said there is something to read; should
+                // it happen, the event loop waits instead.
                 Err(FrameError::Io(e)) if e.kind() == io::ErrorKind::WouldBlock => {
                     return Ok(Left::Waiting)
                 }

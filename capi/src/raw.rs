@@ -232,9 +232,9 @@ pub(crate) unsafe fn descriptor<'a>(fd: c_int, what: &str) -> Result<BorrowedFd<
 
 impl Drop for memseal_info {
     fn drop(&mut self) {
-        // SAFETY: `name` comes from CString::into_raw in memseal_info::new
-        // and is freed only here; the value is not Clone or Copy, so no
-        // other memseal_info holds the same pointer.
+        // `name` comes from CString::into_raw in memseal_info::new, and the
+        // value is not Clone or Copy, so no other memseal_info holds it.
+        // SAFETY: so it is a CString's pointer, freed here and only here.
         drop(unsafe { CString::from_raw(self.name.cast_mut()) });
     }
 }

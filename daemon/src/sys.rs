@@ -38,9 +38,9 @@ pub fn return_large_buffers_to_the_kernel() {
 /// own `UnixStream` always asks for reading and writing). Needs the
 /// runtime.
 pub fn register(stream: UnixStream, interest: Interest) -> io::Result<AsyncFd<UnixStream>> {
-    // SAFETY: a std `UnixStream` owns its descriptor and returns that same
-    // one from every `as_raw_fd` until it is dropped, which the `AsyncFd`
-    // that owns it does only after deregistering.
+    // A std `UnixStream` owns its descriptor and returns that same one
+    // from every `as_raw_fd` until it is dropped.
+    // SAFETY: so it stays valid while registered; the owning `AsyncFd` deregisters first.
     unsafe { AsyncFd::register_with_interest(stream, interest) }.map_err(io::Error::from)
 }
 
@@ -135,9 +135,10 @@ pub fn take_inherited_fds() -> io::Result<Vec<(String, OwnedFd)>> {
     Ok(passed
         .into_iter()
         .map(|(raw, name)| {
-            // SAFETY: the service manager opened this descriptor for this
-            // process (LISTEN_PID matched), nothing else in the process owns
-            // it, and the flag above lets each number be taken only once.
+            // The service manager opened this descriptor for this process
+            // (LISTEN_PID matched), and the flag above lets each number be
+            // taken only once.
+            // SAFETY: so nothing else in the process owns it.
             let fd = unsafe { OwnedFd::from_raw_fd(raw) };
             (name, fd)
         })

@@ -339,10 +339,10 @@ fn hash_written_range(
     if len == 0 {
         return Ok(());
     }
-    // SAFETY: a new mapping at an address the kernel picks aliases nothing.
     // The module documentation gives why the range stays valid and
     // unchanged while it is mapped: the memfd is sealed against shrinking,
     // and nothing writes bytes the writer has already written.
+    // SAFETY: a new mapping at an address the kernel picks aliases nothing.
     let addr = unsafe {
         mmap(
             std::ptr::null_mut(),
@@ -353,9 +353,9 @@ fn hash_written_range(
             start,
         )
     }?;
-    // SAFETY: `addr` is the start of the `len`-byte readable mapping made
-    // above, whose contents do not change while the slice lives (see the
-    // module documentation); the slice does not outlive this function.
+    // `addr` starts the `len`-byte readable mapping made above, whose
+    // contents do not change while it is mapped (module documentation).
+    // SAFETY: so the slice is valid, and it does not outlive this function.
     let bytes = unsafe { std::slice::from_raw_parts(addr.cast::<u8>(), len) };
     if on_all_cpus {
         hash_update(hasher, bytes);

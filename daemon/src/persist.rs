@@ -15,8 +15,9 @@
 //! the same file, so nothing is sent to it again. When the journal has
 //! grown past the snapshot (and at least 1 MiB), the daemon starts a new
 //! journal at once and writes a new snapshot on a thread of its own
-//! ([`snapshot_in_background`]), so the work per change stays constant on average
-//! however large the catalog is, and no change ever waits for a snapshot.
+//! ([`snapshot_in_background`]), so the work per change stays constant on
+//! average however large the catalog is, and no change ever waits for a
+//! snapshot.
 //! The snapshot is read from the catalog one page at a time: a fetch never
 //! waits for more than a page.
 //!

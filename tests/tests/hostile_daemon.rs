@@ -544,6 +544,26 @@ fn an_impostor_run_by_another_user_is_refused_by_default() {
     impostor.wait().unwrap();
 }
 
+/// An answer to a batch: `results` assets, each `info(ANNOUNCED)`, each
+/// with a sealed memfd named `name`.
+fn batch_of_sealed(name: String, results: usize) -> Answer {
+    Box::new(move |stream| {
+        let fds: Vec<OwnedFd> = (0..results)
+            .map(|_| {
+                memfd(
+                    &name,
+                    ANNOUNCED as usize,
+                    SealFlags::WRITE | SealFlags::GROW | SealFlags::SHRINK,
+                )
+            })
+            .collect();
+        let items = vec![FetchResult::Asset(info(ANNOUNCED)); results];
+        let frame = encode_response(&Response::Assets { items }).unwrap();
+        let raw: Vec<i32> = fds.iter().map(|fd| fd.as_raw_fd()).collect();
+        stream.send_with_fd(&frame, &raw).unwrap();
+    })
+}
+
 /// A batch answered with more or fewer results than items asked: the
 /// results would land on the wrong names, so the whole call fails, and
 /// every descriptor that came with it is closed.
@@ -551,26 +571,7 @@ fn an_impostor_run_by_another_user_is_refused_by_default() {
 fn a_batch_answer_with_the_wrong_number_of_results_is_refused() {
     for (label, results) in [("one too few", 2), ("one too many", 4)] {
         let name = format!("hostile-batch-{results}");
-        let fake = FakeDaemon::start(Box::new({
-            let name = name.clone();
-            move |stream| {
-                let fds: Vec<OwnedFd> = (0..results)
-                    .map(|_| {
-                        memfd(
-                            &name,
-                            ANNOUNCED as usize,
-                            SealFlags::WRITE | SealFlags::GROW | SealFlags::SHRINK,
-                        )
-                    })
-                    .collect();
-                let items = (0..results)
-                    .map(|_| FetchResult::Asset(info(ANNOUNCED)))
-                    .collect();
-                let frame = encode_response(&Response::Assets { items }).unwrap();
-                let raw: Vec<i32> = fds.iter().map(|fd| fd.as_raw_fd()).collect();
-                stream.send_with_fd(&frame, &raw).unwrap();
-            }
-        }));
+        let fake = FakeDaemon::start(batch_of_sealed(name.clone(), results));
         let mut client = fake.connect().expect("the handshake succeeds");
         let asked = [
             ("hostile/a", Selector::Latest),
@@ -624,22 +625,8 @@ fn an_answer_for_another_asset_is_refused() {
 #[test]
 fn a_batch_result_for_another_version_is_refused() {
     let name = "hostile-batch-version";
-    let fake = FakeDaemon::start(Box::new(move |stream| {
-        let fds: Vec<OwnedFd> = (0..2)
-            .map(|_| {
-                memfd(
-                    name,
-                    ANNOUNCED as usize,
-                    SealFlags::WRITE | SealFlags::GROW | SealFlags::SHRINK,
-                )
-            })
-            .collect();
-        // Both answer version 1; the second item asked for version 2.
-        let items = vec![FetchResult::Asset(info(ANNOUNCED)); 2];
-        let frame = encode_response(&Response::Assets { items }).unwrap();
-        let raw: Vec<i32> = fds.iter().map(|fd| fd.as_raw_fd()).collect();
-        stream.send_with_fd(&frame, &raw).unwrap();
-    }));
+    // Both answer version 1; the second item asks for version 2.
+    let fake = FakeDaemon::start(batch_of_sealed(name.to_owned(), 2));
     let mut client = fake.connect().expect("the handshake succeeds");
     let asked = [
         ("hostile/asset", Selector::Latest),

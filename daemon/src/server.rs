@@ -11,9 +11,16 @@
 //! hit, and closed straight away, so a flood cannot queue up unbounded
 //! work.
 //!
-//! `accept` failing for lack of descriptors (EMFILE, ENFILE) or memory does
-//! not spin: the loop backs off, existing connections keep being served,
-//! and accepting resumes once resources free up.
+//! Connections never take the daemon's last descriptors. The kernel gives
+//! a new descriptor the lowest free number, so an accepted socket numbered
+//! at or above [`descriptor_ceiling`] proves that many are open already:
+//! it is told "busy" and closed. The numbers above the ceiling stay free
+//! for what existing connections need (a reader's own description of an
+//! asset, an uploaded memfd), so a flood of connections cannot turn a
+//! connected client's next fetch into "out of descriptors". Running short
+//! that way, or `accept` failing for lack of descriptors (EMFILE, ENFILE)
+//! or memory, does not spin: the loop backs off, existing connections keep
+//! being served, and accepting resumes once resources free up.
 //!
 //! On shutdown the loop stops accepting, tells every connection to finish
 //! (idle ones close at once, busy ones complete their request), and waits
@@ -28,7 +35,7 @@ use memseal_proto::codec::encode_response;
 use memseal_proto::{ErrorCode, Response};
 use std::collections::HashMap;
 use std::io;
-use std::os::fd::AsFd;
+use std::os::fd::{AsFd, AsRawFd, RawFd};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tokio::net::{UnixListener, UnixStream};
@@ -61,6 +68,9 @@ struct Listener {
     tasks: JoinSet<()>,
     /// Turns true to tell every connection to finish.
     shutdown: watch::Sender<bool>,
+    /// Accepted sockets numbered this high are refused: the descriptors
+    /// above are kept for the connections already served.
+    descriptor_ceiling: RawFd,
 }
 
 impl Listener {
@@ -84,6 +94,7 @@ impl Listener {
             shared,
             tasks: JoinSet::new(),
             shutdown: watch::channel(false).0,
+            descriptor_ceiling: descriptor_ceiling(descriptor_limit()),
         }
     }
 
@@ -103,19 +114,40 @@ impl Listener {
         }
     }
 
-    /// The next connection. A failure for lack of resources backs off (up
-    /// to a second) instead of spinning; others are retried at once.
+    /// The next connection. Running short of descriptors or memory (a
+    /// failed accept, or a socket numbered at the descriptor ceiling, which
+    /// is refused) pauses accepting, from 10 ms doubling up to a second,
+    /// instead of spinning; other failures are retried at once.
     /// Cancel-safe.
     async fn accept(&self) -> UnixStream {
         let mut backoff = Duration::ZERO;
         loop {
-            match self.listener.accept().await {
-                Ok((stream, _)) => return stream,
-                Err(e) => {
-                    backoff = accept_backoff(&e, backoff);
-                    tokio::time::sleep(backoff).await;
+            let shortage = match self.listener.accept().await {
+                Ok((stream, _)) if stream.as_raw_fd() < self.descriptor_ceiling => return stream,
+                Ok((stream, _)) => {
+                    refuse_busy(
+                        &stream,
+                        "memseald is short of descriptors; retry shortly".to_string(),
+                    );
+                    format!(
+                        "a new connection got descriptor {}, above the {} kept for the \
+                         connections already served",
+                        stream.as_raw_fd(),
+                        self.descriptor_ceiling
+                    )
                 }
+                Err(e) if is_exhaustion(&e) => format!("accept failed: {e}"),
+                Err(e) => {
+                    // A peer that vanished before it was accepted.
+                    debug!("accept failed: {e}");
+                    continue;
+                }
+            };
+            if backoff.is_zero() {
+                error!("{shortage}; pausing new connections until resources free up");
             }
+            backoff = (backoff * 2).clamp(Duration::from_millis(10), Duration::from_secs(1));
+            tokio::time::sleep(backoff).await;
         }
     }
 
@@ -339,23 +371,22 @@ fn descriptor_limit() -> u64 {
         .unwrap_or(u64::MAX)
 }
 
-/// How long to pause after a failed accept. Resource exhaustion backs off
-/// up to a second; other errors (a peer that vanished before we accepted
-/// it) retry at once.
-fn accept_backoff(error: &io::Error, previous: Duration) -> Duration {
-    let exhausted = matches!(
+/// The lowest descriptor number a new connection may not have, under a
+/// soft RLIMIT_NOFILE of `limit`: an eighth of the descriptors, at least 16
+/// and at most 4,096, are kept for the connections already served (each
+/// keeps a few descriptions of its own; see `descriptions`).
+fn descriptor_ceiling(limit: u64) -> RawFd {
+    let headroom = (limit / 8).clamp(16, 4096);
+    RawFd::try_from(limit.saturating_sub(headroom)).unwrap_or(RawFd::MAX)
+}
+
+/// Whether `accept` failed for lack of descriptors or memory, which only
+/// waiting mends.
+fn is_exhaustion(error: &io::Error) -> bool {
+    matches!(
         error.raw_os_error(),
         Some(libc::EMFILE | libc::ENFILE | libc::ENOBUFS | libc::ENOMEM)
-    );
-    if !exhausted {
-        debug!("accept failed: {error}");
-        return Duration::ZERO;
-    }
-    let next = (previous * 2).clamp(Duration::from_millis(10), Duration::from_secs(1));
-    if previous.is_zero() {
-        error!("accept failed: {error}; pausing new connections until resources free up");
-    }
-    next
+    )
 }
 
 /// Tell a client over a limit why it is being closed, without waiting: the
@@ -377,4 +408,17 @@ fn peer_of(stream: &UnixStream) -> io::Result<Peer> {
         gid: cred.gid,
         groups,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_eighth_of_the_descriptors_is_kept_from_new_connections() {
+        assert_eq!(descriptor_ceiling(64), 48);
+        assert_eq!(descriptor_ceiling(1024), 896);
+        assert_eq!(descriptor_ceiling(524_288), 524_288 - 4096);
+        assert_eq!(descriptor_ceiling(u64::MAX), RawFd::MAX);
+    }
 }

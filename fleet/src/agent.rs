@@ -26,6 +26,7 @@ use crate::error::{Error, Integrity, Problem};
 use crate::local::Local;
 use crate::manifest::Manifest;
 use crate::metrics::{Counter, Metrics};
+use crate::refused::RefusedBlobs;
 use crate::remote::{ManifestRead, Remote};
 use crate::state::{now_ms, Record, State, PENDING};
 use crate::upload::{upload, Uploaded};
@@ -105,6 +106,8 @@ pub struct Agent {
     /// name (the poll loop and a one-shot pull, or many waiting clients)
     /// cause one download; the second finds the content present.
     pulling: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
+    /// Blobs refused lately, not downloaded again yet.
+    refused: RefusedBlobs,
 }
 
 impl Agent {
@@ -126,9 +129,10 @@ impl Agent {
             local,
             state,
             metrics,
-            transfer,
             host,
             pulling: Mutex::new(HashMap::new()),
+            refused: RefusedBlobs::new(transfer.retry_refused_after),
+            transfer,
         }
     }
 
@@ -196,6 +200,9 @@ impl Agent {
     /// Count and log a refusal in one place, whatever path it came by.
     fn count_failure<T>(&self, result: Result<T, Error>) -> Result<T, Error> {
         match &result {
+            Err(e) if e.is_repeated_refusal() => {
+                self.metrics.add(Counter::RefusedWithoutDownload, 1);
+            }
             Err(Error::Integrity(_)) => {
                 self.metrics.add(Counter::IntegrityFailures, 1);
                 tracing::error!(
@@ -286,6 +293,16 @@ impl Agent {
             });
         }
 
+        let key = self.remote.layout().blob(&target.hash);
+        // Before room is made: refused bytes are not worth evicting for.
+        if let Some(still) = self.refused.check(&target.hash) {
+            return Err(Error::Integrity(Integrity {
+                name: name.to_owned(),
+                key: key.to_string(),
+                problem: Problem::StillRefused(still),
+            }));
+        }
+
         let limits = self.local.limits().await?;
         if target.size > limits.max_asset_size {
             return Err(Error::NoRoom(format!(
@@ -298,12 +315,21 @@ impl Agent {
         let started = Instant::now();
         let wanted = Wanted {
             name: name.to_owned(),
-            key: self.remote.layout().blob(&target.hash),
+            key: key.clone(),
             hash: target.hash,
             size: target.size,
         };
-        let key = wanted.key.to_string();
-        let sealed = download(Arc::clone(self.remote.store()), wanted, &self.transfer).await?;
+        let key = key.to_string();
+        let sealed = match download(Arc::clone(self.remote.store()), wanted, &self.transfer).await {
+            Ok(sealed) => sealed,
+            Err(Error::Integrity(refused)) if refused.problem.is_of_the_bytes() => {
+                self.refused
+                    .refuse(target.hash, refused.problem.to_string());
+                return Err(Error::Integrity(refused));
+            }
+            Err(e) => return Err(e),
+        };
+        self.refused.forget(&target.hash);
         let downloaded_in = started.elapsed();
 
         self.state

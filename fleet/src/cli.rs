@@ -90,6 +90,14 @@ pub struct Global {
     #[arg(long, global = true, value_name = "DURATION", default_value = "5m",
           value_parser = parse_duration)]
     pub retry_for: Duration,
+
+    /// How long `run` waits before it downloads again a blob it refused
+    /// because its bytes failed verification; the wait doubles each time
+    /// the same blob is refused again, up to an hour. Until then, pulls of
+    /// it fail at once, after reading the manifest (e.g. 30s, 10m)
+    #[arg(long, global = true, value_name = "DURATION", default_value = "5m",
+          value_parser = parse_duration)]
+    pub retry_refused_after: Duration,
 }
 
 /// What to do.

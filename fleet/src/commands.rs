@@ -69,6 +69,7 @@ async fn agent(global: &Global, remote: Remote) -> Result<Agent, Error> {
         connections: usize::from(global.connections),
         retry_for: global.retry_for,
         rate: global.max_rate.map(|rate| Arc::new(RateLimit::new(rate))),
+        retry_refused_after: global.retry_refused_after,
     };
     Ok(Agent::new(remote, local, state, metrics, transfer))
 }

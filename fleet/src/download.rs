@@ -46,6 +46,9 @@ pub struct Transfer {
     pub retry_for: Duration,
     /// The cap on the download rate, shared by all downloads.
     pub rate: Option<Arc<RateLimit>>,
+    /// How long a blob refused as corrupt is not downloaded again (the
+    /// first time; doubled each time it is refused again).
+    pub retry_refused_after: Duration,
 }
 
 /// One blob to fetch.

@@ -2,6 +2,7 @@
 //! each failure gives the one-shot commands.
 
 use crate::manifest::ManifestError;
+use crate::refused::StillRefused;
 use memseal::proto::message::hash_to_hex;
 use memseal::{ErrorCode, Hash};
 use std::fmt;
@@ -86,6 +87,21 @@ pub enum Problem {
     },
     /// The manifest cannot be used.
     Manifest(ManifestError),
+    /// The blob's bytes were refused lately and are not downloaded again
+    /// yet (see [`crate::refused`]).
+    StillRefused(StillRefused),
+}
+
+impl Problem {
+    /// True when the problem is with the blob's bytes themselves, which
+    /// stay bad until the store is repaired: worth remembering, so that
+    /// they are not downloaded again and again.
+    pub fn is_of_the_bytes(&self) -> bool {
+        matches!(
+            self,
+            Problem::Hash { .. } | Problem::Size { .. } | Problem::Overlong
+        )
+    }
 }
 
 impl Error {
@@ -125,6 +141,20 @@ impl Error {
             Error::Io { .. } => true,
             _ => false,
         }
+    }
+
+    /// True for a pull refused at once because its blob was refused
+    /// lately: the refusal was counted and logged when it happened, so
+    /// a repeat is logged only at debug level, however often local
+    /// clients ask.
+    pub fn is_repeated_refusal(&self) -> bool {
+        matches!(
+            self,
+            Error::Integrity(Integrity {
+                problem: Problem::StillRefused(_),
+                ..
+            })
+        )
     }
 
     /// The error code memseald's waiting clients get when this error kept
@@ -329,6 +359,13 @@ impl fmt::Display for Problem {
                 hash_to_hex(ours)
             ),
             Problem::Manifest(e) => write!(f, "{e}"),
+            Problem::StillRefused(still) => write!(
+                f,
+                "not downloaded again: {} s ago {}; it is tried again in {} s",
+                still.ago.as_secs(),
+                still.problem,
+                still.left.as_secs().max(1)
+            ),
         }
     }
 }

@@ -30,7 +30,9 @@
 //! - [`remote`]: reaching the bucket, and manifests; [`layout`]: the keys.
 //! - [`download`]: ranged GETs in parallel into a [`memfd`], hashed as they
 //!   arrive with [`hash`]; [`upload`]: single or multipart PUTs from a
-//!   mapping. [`rate`] caps the download rate, [`backoff`] spaces retries.
+//!   mapping. [`rate`] caps the download rate, [`backoff`] spaces retries,
+//!   and [`refused`] keeps a blob refused as corrupt from being downloaded
+//!   again for a while.
 //! - [`local`]: the daemon, through the client library's public API.
 //! - [`state`]: what this node pulled (for eviction and freshness);
 //!   [`metrics`]: counters; [`error`]: what can go wrong; [`format`](mod@format): sizes
@@ -41,7 +43,7 @@
 //! # The path of a pull
 //!
 //! ```text
-//! manifest GET ─► already local? ─► fits the budget? (evict pulled LRU) ─► ranged GETs
+//! manifest GET ─► already local? ─► refused lately? ─► fits the budget? (evict pulled LRU) ─► ranged GETs
 //!     ─► pwrite into a memfd + BLAKE3 per piece ─► root hash == key? ─► seal, 0444
 //!     ─► publish_sealed (the daemon adopts and hashes it; hashes must agree) ─► state
 //! ```
@@ -62,6 +64,7 @@ pub mod manifest;
 pub mod memfd;
 pub mod metrics;
 pub mod rate;
+pub mod refused;
 pub mod remote;
 pub mod resolver;
 pub mod run;

@@ -32,9 +32,12 @@ pub enum Counter {
     PollsUnchanged,
     /// Store requests that failed after object_store's own retries.
     StoreErrors,
+    /// Pulls that failed at once, without a download, because their blob
+    /// was refused lately (see `refused`).
+    RefusedWithoutDownload,
 }
 
-const ALL: [Counter; 11] = [
+const ALL: [Counter; 12] = [
     Counter::Pulls,
     Counter::PulledBytes,
     Counter::AlreadyPresent,
@@ -46,6 +49,7 @@ const ALL: [Counter; 11] = [
     Counter::Polls,
     Counter::PollsUnchanged,
     Counter::StoreErrors,
+    Counter::RefusedWithoutDownload,
 ];
 
 impl Counter {
@@ -64,6 +68,7 @@ impl Counter {
             Counter::Polls => "polls",
             Counter::PollsUnchanged => "polls_unchanged",
             Counter::StoreErrors => "store_errors",
+            Counter::RefusedWithoutDownload => "pulls_refused_without_download",
         }
     }
 
@@ -82,6 +87,9 @@ impl Counter {
             Counter::Polls => "Manifest checks by the poll loop.",
             Counter::PollsUnchanged => "Manifest checks answered 304 Not Modified.",
             Counter::StoreErrors => "Store requests that failed after retries.",
+            Counter::RefusedWithoutDownload => {
+                "Pulls failed at once because their blob was refused lately."
+            }
         }
     }
 }

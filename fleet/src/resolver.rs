@@ -158,11 +158,12 @@ async fn serve(
                 }
             }
             Some((wanted, error)) = failed.recv() => {
-                tracing::warn!(
-                    "cannot supply {} ({}) to the clients waiting for it: {error}",
-                    wanted.name,
-                    describe(wanted.selector)
-                );
+                let what = format!("{} ({})", wanted.name, describe(wanted.selector));
+                if error.is_repeated_refusal() {
+                    tracing::debug!("cannot supply {what} to the clients waiting for it: {error}");
+                } else {
+                    tracing::warn!("cannot supply {what} to the clients waiting for it: {error}");
+                }
                 let reason = format!(
                     "memseal-fleet could not supply it from {}: {error}",
                     agent.remote().url()

@@ -26,9 +26,9 @@ use crate::remote::ManifestRead;
 use crate::resolver;
 use crate::state::Record;
 use memseal::{AssetInfo, Event};
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 use tokio::sync::Notify;
 use tokio::task::JoinSet;
 
@@ -207,23 +207,14 @@ async fn push_queued(agent: Arc<Agent>, queue: Arc<PushQueue>) {
     }
 }
 
-/// How long a manifest whose pull was refused is left alone before the
-/// agent tries it again (the blob may be repaired under the same manifest).
-fn refusal_pause(poll: Duration) -> Duration {
-    (poll * 10).max(Duration::from_secs(300))
-}
-
 /// Re-check the manifests of the names this node pulled, forever.
 async fn keep_fresh(agent: Arc<Agent>, prefixes: Vec<String>, poll: Duration) {
-    // Manifests whose pull was refused, by name: their ETag and until when
-    // to leave them alone.
-    let mut refused: HashMap<String, (Option<String>, Instant)> = HashMap::new();
     tokio::time::sleep(first_offset(poll)).await;
     loop {
         match agent.state().records() {
             Ok(records) => {
                 for record in names_to_refresh(records, &prefixes) {
-                    refresh(&agent, &record, &mut refused, poll).await;
+                    refresh(&agent, &record).await;
                 }
             }
             Err(e) => tracing::warn!("cannot read the state: {e}"),
@@ -255,12 +246,9 @@ fn names_to_refresh(records: Vec<Record>, prefixes: &[String]) -> Vec<Record> {
 }
 
 /// One conditional GET of `record`'s manifest, and a pull if it changed.
-async fn refresh(
-    agent: &Agent,
-    record: &Record,
-    refused: &mut HashMap<String, (Option<String>, Instant)>,
-    poll: Duration,
-) {
+/// A blob refused lately is not downloaded again (the agent remembers it;
+/// see [`crate::refused`]): the pull fails at once until its wait is over.
+async fn refresh(agent: &Agent, record: &Record) {
     let name = &record.name;
     agent.metrics().add(Counter::Polls, 1);
     let (manifest, etag) = match agent.read_manifest(name, record.etag.as_deref()).await {
@@ -291,26 +279,18 @@ async fn refresh(
         }
         return;
     }
-    if let Some((refused_etag, until)) = refused.get(name) {
-        if *refused_etag == etag && Instant::now() < *until {
-            return;
-        }
-    }
     if taken_over_locally(agent, record).await {
         return;
     }
     match agent.pull_announced(&manifest, etag.clone()).await {
         Ok(pulled) => {
-            refused.remove(name);
             tracing::info!(
                 "{name}: the store's new version is local version {}",
                 pulled.info.version
             );
         }
-        Err(Error::Integrity(_)) => {
-            // Already logged and counted by the agent.
-            refused.insert(name.clone(), (etag, Instant::now() + refusal_pause(poll)));
-        }
+        // Logged and counted by the agent when it happened.
+        Err(Error::Integrity(_)) => {}
         Err(e) => tracing::warn!("{name}: cannot pull the new version yet ({e}); next poll"),
     }
 }

@@ -110,6 +110,7 @@ fn bench(args: &Args) -> Result<(), String> {
             connections: args.connections,
             retry_for: Duration::from_secs(60),
             rate: None,
+            retry_refused_after: Duration::from_secs(60),
         };
         Ok::<_, memseal_fleet::error::Error>(Agent::new(
             remote.clone(),

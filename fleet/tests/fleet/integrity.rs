@@ -4,6 +4,7 @@ use crate::support::{blob_key, key, read_object, write_object, Node, S3Server};
 use memseal::{ErrorCode, Selector};
 use memseal_tests::pattern;
 use std::process::Output;
+use std::time::{Duration, Instant};
 
 const MIB: usize = 1 << 20;
 
@@ -104,4 +105,50 @@ fn a_push_restores_a_blob_the_store_lost() {
         Some(&bytes[..])
     );
     b.fleet_ok(["pull", "models/x"]);
+}
+
+#[test]
+fn the_poll_loop_does_not_download_a_refused_version_again() {
+    let Some(server) = S3Server::start("the_poll_loop_does_not_download_a_refused_version_again")
+    else {
+        return;
+    };
+    let (a, b) = (Node::new(&server), Node::new(&server));
+    let (old, new) = (pattern(3 * MIB, 24), pattern(3 * MIB, 25));
+    a.publish_and_push("models/x", &old);
+    b.fleet_ok(["pull", "models/x"]);
+    a.publish_and_push("models/x", &new);
+    let store = server.store();
+    let mut corrupted = new.clone();
+    corrupted[MIB] ^= 0x04;
+    write_object(&store, &blob_key(&new), corrupted);
+    let new_key = format!("blobs/{}", blake3::hash(&new).to_hex());
+
+    // Polls every 300 ms: the new version is downloaded once, refused,
+    // and each later poll fails at once without asking for the blob.
+    let agent = b.spawn_fleet(["run", "--poll", "300ms"]);
+    b.wait_for_counter("integrity_failures", 1);
+    let downloaded = server.requests("GET", &new_key);
+    assert!(downloaded >= 1);
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while b.counter("pulls_refused_without_download") < 3 {
+        assert!(Instant::now() < deadline, "{}", agent.output());
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert_eq!(
+        server.requests("GET", &new_key),
+        downloaded,
+        "downloaded once"
+    );
+    assert_eq!(b.counter("integrity_failures"), 1);
+    let output = agent.output();
+    assert_eq!(
+        output.matches("corrupted or swapped").count(),
+        1,
+        "{output}"
+    );
+
+    // The node keeps serving the version it had.
+    let asset = b.daemon.client().fetch("models/x").unwrap();
+    assert!(asset[..] == old[..]);
 }

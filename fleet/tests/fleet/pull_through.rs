@@ -263,6 +263,88 @@ fn an_unreachable_store_or_a_corrupt_blob_fails_the_waiters_with_the_reason() {
 }
 
 #[test]
+fn a_refused_blob_is_not_downloaded_again_until_its_wait_is_over() {
+    let Some(server) =
+        S3Server::start("a_refused_blob_is_not_downloaded_again_until_its_wait_is_over")
+    else {
+        return;
+    };
+    let (a, b) = (Node::new(&server), Node::new(&server));
+    let (x, t, u) = (
+        pattern(3 * MIB, 70),
+        pattern(3 * MIB, 71),
+        pattern(3 * MIB, 72),
+    );
+    a.publish_and_push("models/x", &x);
+    a.publish_and_push("models/t", &t);
+    let wait = Duration::from_secs(8);
+    let _agent = b.spawn_resolver(["--poll", "1h", "--retry-refused-after", "8s"]);
+    let store = server.store();
+    let mut corrupted = x.clone();
+    corrupted[12345] ^= 0x80;
+    write_object(&store, &blob_key(&x), corrupted);
+
+    // The first fetch downloads the bad bytes and refuses them.
+    let x_key = format!("blobs/{}", blake3::hash(&x).to_hex());
+    let x_gets = || server.requests("GET", &x_key);
+    let (error, _) = fetch_error(&b, "models/x", Selector::Latest);
+    let refused_at = Instant::now();
+    assert!(error.to_string().contains("corrupted"), "{error}");
+    let downloaded = x_gets();
+    assert!(downloaded >= 1, "the first fetch downloads");
+    b.wait_for_counter("integrity_failures", 1);
+
+    // Asking again, by any client, costs a manifest read, not a download,
+    // and says why at once, even once the store holds good bytes again.
+    for round in 0..4 {
+        if round == 2 {
+            write_object(&store, &blob_key(&x), x.clone());
+        }
+        let (error, took) = fetch_error(&b, "models/x", Selector::Latest);
+        let message = error.to_string();
+        assert_eq!(error.code(), Some(ErrorCode::Unavailable), "{message}");
+        assert!(message.contains("not downloaded again"), "{message}");
+        assert!(message.contains("corrupted"), "the first reason: {message}");
+        assert!(took < AT_ONCE, "{took:?}");
+    }
+    assert!(
+        refused_at.elapsed() < wait,
+        "the machine is too slow for this test's 8 s window"
+    );
+    assert_eq!(x_gets(), downloaded, "no second download");
+    b.wait_for_counter("pulls_refused_without_download", 4);
+    assert_eq!(b.counter("integrity_failures"), 1, "counted once");
+
+    // The memory is of content: a name repointed at other content is
+    // pulled at once.
+    write_object(&store, &blob_key(&t), t[..t.len() - 1].to_vec());
+    let (error, _) = fetch_error(&b, "models/t", Selector::Latest);
+    assert!(error.to_string().contains("refused models/t"), "{error}");
+    a.publish_and_push("models/t", &u);
+    let asset = b.daemon.client().fetch("models/t").unwrap();
+    assert!(asset[..] == u[..], "the new content, at once");
+
+    // Once the wait is over, the repaired blob is downloaded and served.
+    let served = loop {
+        match b.daemon.client().fetch("models/x") {
+            Ok(asset) => break asset,
+            Err(e) => {
+                assert!(e.to_string().contains("not downloaded again"), "{e}");
+                assert!(refused_at.elapsed() < wait + AT_ONCE, "never retried: {e}");
+                std::thread::sleep(Duration::from_millis(250));
+            }
+        }
+    };
+    assert!(
+        refused_at.elapsed() >= wait,
+        "retried after {:?}",
+        refused_at.elapsed()
+    );
+    assert!(served[..] == x[..]);
+    assert_eq!(x_gets(), 2 * downloaded, "one more download of x");
+}
+
+#[test]
 fn a_slow_pull_does_not_hold_up_another_name() {
     let Some(server) = S3Server::start("a_slow_pull_does_not_hold_up_another_name") else {
         return;

@@ -241,7 +241,7 @@ impl State {
             "serving {} asset(s), {} version(s), {} in {} blob(s); {} connection(s)",
             totals.names,
             totals.versions,
-            human_bytes(totals.bytes),
+            memseal_text::human_size(totals.bytes),
             totals.blobs,
             self.connections()
         )
@@ -288,20 +288,4 @@ pub fn now_ms() -> u64 {
         .duration_since(UNIX_EPOCH)
         .map(|d| d.as_millis() as u64)
         .unwrap_or(0)
-}
-
-/// 1536 -> "1.5 KiB".
-pub fn human_bytes(bytes: u64) -> String {
-    const UNITS: [&str; 6] = ["B", "KiB", "MiB", "GiB", "TiB", "PiB"];
-    let mut value = bytes as f64;
-    let mut unit = 0;
-    while value >= 1024.0 && unit + 1 < UNITS.len() {
-        value /= 1024.0;
-        unit += 1;
-    }
-    if unit == 0 {
-        format!("{bytes} B")
-    } else {
-        format!("{value:.1} {}", UNITS[unit])
-    }
 }

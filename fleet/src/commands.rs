@@ -5,7 +5,6 @@ use crate::agent::{Agent, Pushed, Want};
 use crate::cli::{Cli, Command, Global};
 use crate::download::Transfer;
 use crate::error::Error;
-use crate::format::{age, human_size, table};
 use crate::local::Local;
 use crate::manifest::Manifest;
 use crate::metrics::Metrics;
@@ -15,6 +14,7 @@ use crate::run::{run, RunOptions};
 use crate::state::State;
 use futures::{StreamExt, TryStreamExt};
 use memseal::proto::message::{hash_from_hex, hash_to_hex};
+use memseal_text::{age, human_size, table};
 use std::sync::Arc;
 
 /// Manifests read at once by `ls`.

@@ -35,8 +35,9 @@
 //!   again for a while.
 //! - [`local`]: the daemon, through the client library's public API.
 //! - [`state`]: what this node pulled (for eviction and freshness);
-//!   [`metrics`]: counters; [`error`]: what can go wrong; [`format`](mod@format): sizes
-//!   and tables for people.
+//!   [`metrics`]: counters; [`error`]: what can go wrong. Sizes, ages
+//!   and tables for people come from `memseal-text`, as in the `memseal`
+//!   command line.
 //! - [`test_server`]: the S3-compatible server the tests and the benchmark
 //!   start (moto_server); the agent never uses it.
 //!
@@ -56,7 +57,6 @@ pub mod cli;
 pub mod commands;
 pub mod download;
 pub mod error;
-pub mod format;
 pub mod hash;
 pub mod layout;
 pub mod local;

@@ -322,14 +322,9 @@ impl Agent {
         let key = key.to_string();
         let sealed = match download(Arc::clone(self.remote.store()), wanted, &self.transfer).await {
             Ok(sealed) => sealed,
-            Err(Error::Integrity(refused)) if refused.problem.is_of_the_bytes() => {
-                self.refused
-                    .refuse(target.hash, refused.problem.to_string());
-                return Err(Error::Integrity(refused));
-            }
+            Err(Error::Integrity(refused)) => return Err(self.refuse(&target, refused)),
             Err(e) => return Err(e),
         };
-        self.refused.forget(&target.hash);
         let downloaded_in = started.elapsed();
 
         self.state
@@ -347,15 +342,17 @@ impl Agent {
             // Cannot happen unless the kernel or the daemon is broken; the
             // version must not stay visible either way.
             let _ = self.local.remove(name, info.version).await;
-            return Err(Error::Integrity(Integrity {
+            let refused = Integrity {
                 name: name.to_owned(),
                 key,
                 problem: Problem::DaemonDisagrees {
                     ours: target.hash,
                     daemons: info.hash,
                 },
-            }));
+            };
+            return Err(self.refuse(&target, refused));
         }
+        self.refused.forget(&target.hash);
         let mut record = Record::pulled(&info, target.etag);
         record.pinned = target.pinned;
         self.state.remember(record)?;
@@ -373,6 +370,14 @@ impl Agent {
             info,
             downloaded_in: Some(downloaded_in),
         })
+    }
+
+    /// Remember that the download of `target` was refused, so that it is
+    /// not downloaded again for a while (see [`crate::refused`]).
+    fn refuse(&self, target: &Target, refused: Integrity) -> Error {
+        self.refused
+            .refuse(target.hash, refused.problem.to_string());
+        Error::Integrity(refused)
     }
 
     /// The local version that already has the target's content, if it is

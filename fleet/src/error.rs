@@ -92,18 +92,6 @@ pub enum Problem {
     StillRefused(StillRefused),
 }
 
-impl Problem {
-    /// True when the problem is with the blob's bytes themselves, which
-    /// stay bad until the store is repaired: worth remembering, so that
-    /// they are not downloaded again and again.
-    pub fn is_of_the_bytes(&self) -> bool {
-        matches!(
-            self,
-            Problem::Hash { .. } | Problem::Size { .. } | Problem::Overlong
-        )
-    }
-}
-
 impl Error {
     /// A store error while `doing` something.
     pub fn store(doing: impl Into<String>, source: object_store::Error) -> Error {

@@ -2,19 +2,19 @@
 //! asking for them again does not download them again.
 //!
 //! A blob the agent refused (its bytes hash to something else, its size is
-//! not the manifest's, the store sent too much) cost a whole download. It
-//! stays bad until someone repairs the store, and meanwhile anyone can ask
-//! for it again: under pull-through every fetch of its name by any local
-//! user would be another download of the same bad bytes, and so would
-//! every poll. So a refused blob is remembered by its hash, and a pull of
-//! it fails at once, after its manifest was read but before a byte of the
-//! blob is asked for, until its wait is over. The first wait is
-//! `--retry-refused-after`; each refusal of the same blob after a wait
-//! doubles it, up to [`LONGEST_WAIT`]. A name whose manifest is repointed
-//! at other content is pulled at once, since the memory is of content,
-//! not of names. The memory lives as long as the process: a one-shot
-//! `memseal-fleet pull` starts with none, which is how an operator retries
-//! at once.
+//! not the manifest's, the store sent too much, or memseald hashed the
+//! adopted memfd differently) cost a whole download. It stays bad until
+//! someone repairs the store, and meanwhile anyone can ask for it again:
+//! under pull-through every fetch of its name by any local user would be
+//! another download of the same bad bytes, and so would every poll. So a
+//! refused blob is remembered by its hash, and a pull of it fails at once,
+//! after its manifest was read but before a byte of the blob is asked for,
+//! until its wait is over. The first wait is `--retry-refused-after`; each
+//! refusal of the same blob after a wait doubles it, up to
+//! [`LONGEST_WAIT`]. A name whose manifest is repointed at other content is
+//! pulled at once, since the memory is of content, not of names. The
+//! memory lives as long as the process: a one-shot `memseal-fleet pull`
+//! starts with none, which is how an operator retries at once.
 
 use memseal::Hash;
 use std::collections::HashMap;

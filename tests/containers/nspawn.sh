@@ -47,26 +47,9 @@ readonly USER_UID=1000 # an ordinary user inside the container
 readonly ASSET=shared/model
 readonly ASSET_BYTES=$((3 * 1024 * 1024 + 5))
 
-case "$*" in
-"") allow_skip=0 ;;
---allow-skip) allow_skip=1 ;;
-*) # --help, or anything else: the comment block at the top
-    sed -n '2,/^$/{/^$/q; s/^# \{0,1\}//p}' "${BASH_SOURCE[0]}"
-    [[ $* == -h || $* == --help ]]
-    exit
-    ;;
-esac
-
-unable() {
-    if ((allow_skip)); then
-        echo "*****************************************************************"
-        echo "SKIPPED: container test not run: $*"
-        echo "*****************************************************************"
-        exit 0
-    fi
-    echo "FAIL: container test cannot run: $*" >&2
-    exit 1
-}
+# shellcheck source=scripts/lib/host-test.sh
+source "$repo/scripts/lib/host-test.sh"
+host_test_options "container test" "$@"
 
 [[ $(id -u) == 0 ]] || unable "it must run as root (systemd-nspawn with a user namespace)"
 for tool in systemd-nspawn setpriv cc pkg-config; do

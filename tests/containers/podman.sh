@@ -28,15 +28,9 @@ repo=$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)
 bin_dir=${MEMSEAL_BIN_DIR:-$repo/target/debug}
 checker=$repo/tests/containers/kubernetes.py
 
-case "$*" in
-"") allow_skip=0 ;;
---allow-skip) allow_skip=1 ;;
-*) # --help, or anything else: the comment block at the top
-    sed -n '2,/^$/{/^$/q; s/^# \{0,1\}//p}' "${BASH_SOURCE[0]}"
-    [[ $* == -h || $* == --help ]]
-    exit
-    ;;
-esac
+# shellcheck source=scripts/lib/host-test.sh
+source "$repo/scripts/lib/host-test.sh"
+host_test_options "container image test" "$@"
 
 die() {
     echo "FAIL: $*" >&2
@@ -46,15 +40,6 @@ die() {
 # 1. The manifests, which need only Python.
 python3 "$checker" check || die "the Kubernetes manifests do not say what the deployment needs"
 
-unable() {
-    if ((allow_skip)); then
-        echo "*****************************************************************"
-        echo "SKIPPED: container image test not run: $*"
-        echo "*****************************************************************"
-        exit 0
-    fi
-    die "container image test cannot run: $*"
-}
 [[ $(id -u) == 0 ]] || unable "it must run as root (rootful podman)"
 command -v podman >/dev/null || unable "podman is missing (scripts/install-test-deps.sh installs it)"
 command -v runc >/dev/null || unable "runc is missing (scripts/install-test-deps.sh installs it)"

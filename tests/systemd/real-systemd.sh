@@ -53,33 +53,9 @@ readonly BOB_UID=2002   # a member of the group memseal
 # How long a client call may take before it counts as hung.
 readonly CALL_TIMEOUT=30
 
-allow_skip=0
-for arg in "$@"; do
-    case $arg in
-    --allow-skip) allow_skip=1 ;;
-    -h | --help)
-        # The comment block at the top of this file, up to the first blank line.
-        sed -n '2,/^$/{/^$/q; s/^# \{0,1\}//p}' "${BASH_SOURCE[0]}"
-        exit 0
-        ;;
-    *)
-        echo "unknown argument: $arg (try --help)" >&2
-        exit 2
-        ;;
-    esac
-done
-
-# A prerequisite of the host is missing: skip when allowed, fail otherwise.
-unable() {
-    if ((allow_skip)); then
-        echo "*****************************************************************"
-        echo "SKIPPED: real-systemd test not run: $*"
-        echo "*****************************************************************"
-        exit 0
-    fi
-    echo "FAIL: real-systemd test cannot run: $*" >&2
-    exit 1
-}
+# shellcheck source=scripts/lib/host-test.sh
+source "$repo/scripts/lib/host-test.sh"
+host_test_options "real-systemd test" "$@"
 
 [[ $(id -u) == 0 ]] || unable "it must run as root (it boots a systemd-nspawn container)"
 for tool in memseald memseal; do

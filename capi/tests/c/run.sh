@@ -22,27 +22,20 @@ set -euo pipefail
 repo=$(cd "$(dirname "${BASH_SOURCE[0]}")/../../.." && pwd)
 here=$repo/capi/tests/c
 bin_dir=${MEMSEAL_BIN_DIR:-$repo/target/debug}
-case "$*" in
-"") allow_skip=0 ;;
---allow-skip) allow_skip=1 ;;
-*) # --help, or anything else: the comment block at the top, up to the first blank line
-    sed -n '2,/^$/{/^$/q; s/^# \{0,1\}//p}' "${BASH_SOURCE[0]}"
-    [[ $* == -h || $* == --help ]]
-    exit
-    ;;
-esac
+# shellcheck source=scripts/lib/host-test.sh
+source "$repo/scripts/lib/host-test.sh"
+host_test_options "C library test" "$@"
 
 failures=0
 fail() {
     echo "FAIL: $*" >&2
     failures=$((failures + 1))
 }
-# A part of the test this host cannot run.
-unable() {
+# A part of the test this host cannot run: skipped when allowed, a
+# failure otherwise; the other parts run either way.
+unable_part() {
     if ((allow_skip)); then
-        echo "*****************************************************************"
-        echo "SKIPPED: $*"
-        echo "*****************************************************************"
+        skipped "$*"
     else
         fail "cannot run: $* (--allow-skip skips it)"
     fi
@@ -178,7 +171,7 @@ round() { # round [WRAPPER...]
         run "C, plain user uid 65534${1:+ under $1}" setpriv --reuid=65534 --regid=65534 \
             --clear-groups env MEMSEAL_TEST_DAEMON_UID=0 "$@" "$work/test_memseal" user
     else
-        unable "the plain-user run of the C tests needs root (to become uid 65534)"
+        unable_part "the plain-user run of the C tests needs root (to become uid 65534)"
     fi
     run "C, daemon stops under a fetched asset${1:+ under $1}" "$@" \
         "$work/test_memseal" daemon-down "$daemon_pid"
@@ -189,7 +182,7 @@ round
 if command -v valgrind >/dev/null; then
     round "${valgrind_cmd[@]}"
 else
-    unable "valgrind is not installed (scripts/install-test-deps.sh installs it as root)"
+    unable_part "valgrind is not installed (scripts/install-test-deps.sh installs it as root)"
 fi
 
 if ((failures)); then

@@ -8,8 +8,8 @@
 use crate::blob::Blob;
 use crate::catalog::{Budget, Catalog, CatalogError, Change, Claim, Totals};
 use crate::connection::USER_INGESTS;
-use crate::log_budget::LogBudget;
-use crate::policy::Policy;
+use crate::log_budget::{LogBudget, Note};
+use crate::policy::{Peer, Policy};
 use crate::resolvers::Resolvers;
 use memseal_proto::{AssetInfo, Event, Selector, ServerStatus};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -108,6 +108,13 @@ impl State {
     /// Which per-request log lines are written.
     pub fn log_budget(&self) -> &LogBudget {
         &self.log_budget
+    }
+
+    /// May a line about a request of `peer` be written now? Publishers
+    /// draw on a budget of their own (see `log_budget`).
+    pub fn may_log(&self, peer: &Peer) -> Option<Note> {
+        let publisher = self.policy().is_publisher(peer);
+        self.log_budget.allow(peer, publisher)
     }
 
     /// Slots for descriptor publishes by users who are not publishers.

@@ -42,7 +42,7 @@ impl Connection {
                 let blobs = [blob];
                 match self.descriptions.handout(&blobs) {
                     Ok(handout) => self.reply_with(Response::Asset(info), handout.fds()).await,
-                    Err(e) => self.reply(no_description(e), None).await,
+                    Err(e) => self.reply(self.no_description(e), None).await,
                 }
             }
             Err(e) => self.reply_error(e).await,
@@ -98,7 +98,7 @@ impl Connection {
         let (response, blobs) = self.assets_answer(found);
         match self.descriptions.handout(&blobs) {
             Ok(handout) => self.reply_with(response, handout.fds()).await,
-            Err(e) => self.reply(no_description(e), None).await,
+            Err(e) => self.reply(self.no_description(e), None).await,
         }
     }
 
@@ -195,16 +195,23 @@ impl Connection {
             None => missing,
         }
     }
-}
 
-/// The answer when the daemon cannot open a description of its own for a
-/// reader (out of descriptors): busy, rather than the blob's shared one.
-fn no_description(error: std::io::Error) -> Response {
-    tracing::warn!("cannot open a read-only description for a reader: {error}");
-    Response::error(
-        ErrorCode::Busy,
-        format!(
-            "memseald cannot open a descriptor for this asset right now ({error}); retry shortly"
-        ),
-    )
+    /// The answer when the daemon cannot open a description of its own for
+    /// a reader (out of descriptors): busy, rather than the blob's shared
+    /// one. Logged within the peer's log budget.
+    fn no_description(&self, error: std::io::Error) -> Response {
+        if let Some(note) = self.state.may_log(&self.peer) {
+            tracing::warn!(
+                peer = %self.peer,
+                "cannot open a read-only description for a reader: {error}{note}"
+            );
+        }
+        Response::error(
+            ErrorCode::Busy,
+            format!(
+                "memseald cannot open a descriptor for this asset right now ({error}); \
+                 retry shortly"
+            ),
+        )
+    }
 }

@@ -239,7 +239,7 @@ impl Connection {
         match FrameWriter::with_fds(frame, fds.to_vec()).write_all(self.stream.sender()) {
             Ok(()) => Ok(()),
             Err(e) if e.raw_os_error() == Some(libc::ETOOMANYREFS) => {
-                let busy = encode_response(&Self::too_many_in_flight(&self.peer))?;
+                let busy = encode_response(&self.too_many_in_flight())?;
                 FrameWriter::new(busy, None)
                     .write_all(self.stream.sender())
                     .map_err(|e| End::Peer(FrameError::Io(e)))

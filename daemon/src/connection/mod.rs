@@ -178,8 +178,7 @@ impl Connection {
             Err(End::Peer(e)) => Some(e.to_string()),
         };
         if let Some(why) = why {
-            let exempt = self.state.policy().is_publisher(&self.peer);
-            if let Some(note) = self.state.log_budget().allow(&self.peer, exempt) {
+            if let Some(note) = self.state.may_log(&self.peer) {
                 info!(peer = %self.peer, "dropping client: {why}{note}");
             }
         }
@@ -389,7 +388,7 @@ impl Connection {
         self.make_room_for(fds.len()).await?;
         match self.send(frame, &fds).await {
             Err(End::Peer(FrameError::Io(e))) if e.raw_os_error() == Some(libc::ETOOMANYREFS) => {
-                let busy = Self::too_many_in_flight(&self.peer);
+                let busy = self.too_many_in_flight();
                 self.send(encode_response(&busy)?, &[]).await
             }
             other => other,
@@ -398,13 +397,15 @@ impl Connection {
 
     /// What a client gets when the kernel refused the descriptors of its
     /// reply because the daemon has too many in flight (`ETOOMANYREFS`;
-    /// nothing was sent); logged.
-    fn too_many_in_flight(peer: &Peer) -> Response {
-        warn!(
-            peer = %peer,
-            "cannot send a descriptor: the kernel says too many of this user's are in \
-             flight (ETOOMANYREFS); answering busy"
-        );
+    /// nothing was sent); logged within the peer's log budget.
+    fn too_many_in_flight(&self) -> Response {
+        if let Some(note) = self.state.may_log(&self.peer) {
+            warn!(
+                peer = %self.peer,
+                "cannot send a descriptor: the kernel says too many of this user's are in \
+                 flight (ETOOMANYREFS); answering busy{note}"
+            );
+        }
         Response::error(
             ErrorCode::Busy,
             "memseald cannot pass another descriptor right now: too many of its \
@@ -467,8 +468,7 @@ impl Connection {
                 }
                 let reply = match self.state.remove(&name, version) {
                     Ok(versions) => {
-                        let exempt = self.state.policy().is_publisher(&self.peer);
-                        if let Some(note) = self.state.log_budget().allow(&self.peer, exempt) {
+                        if let Some(note) = self.state.may_log(&self.peer) {
                             info!(peer = %self.peer, name, ?version, "removed{note}");
                         }
                         Response::Removed { versions }

@@ -212,6 +212,7 @@ impl Agent {
                 );
             }
             Err(Error::Store { .. }) => self.metrics.add(Counter::StoreErrors, 1),
+            Err(Error::NotFound(_)) => self.metrics.add(Counter::NotFound, 1),
             _ => {}
         }
         result

@@ -30,7 +30,8 @@
 //! - [`remote`]: reaching the bucket, and manifests; [`layout`]: the keys.
 //! - [`download`]: ranged GETs in parallel into a [`memfd`], hashed as they
 //!   arrive with [`hash`]; [`upload`]: single or multipart PUTs from a
-//!   mapping. [`rate`] caps the download rate, [`backoff`] spaces retries,
+//!   mapping. [`rate`] caps the download rate (and the resolver's
+//!   warnings), [`backoff`] spaces retries,
 //!   and [`refused`] keeps a blob refused as corrupt from being downloaded
 //!   again for a while.
 //! - [`local`]: the daemon, through the client library's public API.

@@ -35,9 +35,11 @@ pub enum Counter {
     /// Pulls that failed at once, without a download, because their blob
     /// was refused lately (see `refused`).
     RefusedWithoutDownload,
+    /// Pulls of a name or content the store does not have.
+    NotFound,
 }
 
-const ALL: [Counter; 12] = [
+const ALL: [Counter; 13] = [
     Counter::Pulls,
     Counter::PulledBytes,
     Counter::AlreadyPresent,
@@ -50,6 +52,7 @@ const ALL: [Counter; 12] = [
     Counter::PollsUnchanged,
     Counter::StoreErrors,
     Counter::RefusedWithoutDownload,
+    Counter::NotFound,
 ];
 
 impl Counter {
@@ -69,6 +72,7 @@ impl Counter {
             Counter::PollsUnchanged => "polls_unchanged",
             Counter::StoreErrors => "store_errors",
             Counter::RefusedWithoutDownload => "pulls_refused_without_download",
+            Counter::NotFound => "pulls_not_found",
         }
     }
 
@@ -90,6 +94,7 @@ impl Counter {
             Counter::RefusedWithoutDownload => {
                 "Pulls failed at once because their blob was refused lately."
             }
+            Counter::NotFound => "Pulls of a name or content the store does not have.",
         }
     }
 }

@@ -45,9 +45,11 @@
 use crate::agent::{Agent, Want};
 use crate::backoff::Backoff;
 use crate::error::Error;
+use crate::rate::RateLimit;
 use memseal::proto::message::hash_to_hex;
 use memseal::{AsyncResolver, ErrorCode, Selector, Wanted};
 use std::sync::Arc;
+use std::time::Duration;
 use tokio::sync::{mpsc, Semaphore};
 
 /// Wanted names downloaded at once; the others wait for their turn. Each
@@ -56,6 +58,13 @@ pub const CONCURRENT_PULLS: usize = 4;
 
 /// The longest reason sent to waiting clients (store errors can be long).
 const MAX_REASON_BYTES: usize = 1024;
+
+/// Warnings about pulls that failed (the store unreachable, no room), which
+/// any local user can cause by asking: this many at once...
+const WARNINGS_AT_ONCE: u64 = 20;
+/// ... and then this many a minute. The rest are counted, and the next
+/// warning written says how many were left out.
+const WARNINGS_PER_MINUTE: u64 = 6;
 
 /// The prefixes to register for: those given with `--pull`, or the empty
 /// prefix, which covers every name, when none is given. memseald lets a
@@ -140,6 +149,12 @@ async fn serve(
     // Pulls that failed, for their waiters; the pulls of an earlier
     // registration report into a channel nobody reads any more.
     let (failures, mut failed) = mpsc::unbounded_channel::<(Wanted, Error)>();
+    let per_second = WARNINGS_PER_MINUTE as f64 / 60.0;
+    let warnings = RateLimit::with_burst(
+        per_second,
+        Duration::from_secs_f64(WARNINGS_AT_ONCE as f64 / per_second),
+    );
+    let mut left_out = 0u64;
     loop {
         let refusal = tokio::select! {
             // Cancel-safe: a partly received announcement stays buffered.
@@ -159,10 +174,18 @@ async fn serve(
             }
             Some((wanted, error)) = failed.recv() => {
                 let what = format!("{} ({})", wanted.name, describe(wanted.selector));
-                if error.is_repeated_refusal() {
-                    tracing::debug!("cannot supply {what} to the clients waiting for it: {error}");
+                let line = format!("cannot supply {what} to the clients waiting for it: {error}");
+                // A missing name is the clients' answer, not the agent's
+                // problem; a repeated refusal was logged when it happened.
+                if matches!(error, Error::NotFound(_)) || error.is_repeated_refusal() {
+                    tracing::debug!("{line}");
+                } else if warnings.try_admit(1) {
+                    match std::mem::take(&mut left_out) {
+                        0 => tracing::warn!("{line}"),
+                        n => tracing::warn!("{line} ({n} such warning(s) left out before this one)"),
+                    }
                 } else {
-                    tracing::warn!("cannot supply {what} to the clients waiting for it: {error}");
+                    left_out += 1;
                 }
                 let reason = format!(
                     "memseal-fleet could not supply it from {}: {error}",

@@ -193,7 +193,7 @@ fn what_the_store_lacks_is_not_found_at_once() {
         return;
     };
     let b = Node::new(&server);
-    let _agent = b.spawn_resolver(["--pull", "models/", "--poll", "1h"]);
+    let agent = b.spawn_resolver(["--pull", "models/", "--poll", "1h"]);
 
     let (error, took) = fetch_error(&b, "models/none", Selector::Latest);
     assert_eq!(error.code(), Some(ErrorCode::NotFound), "{error}");
@@ -202,6 +202,16 @@ fn what_the_store_lacks_is_not_found_at_once() {
         "{error}"
     );
     assert!(took < AT_ONCE, "at once, not at the deadline: {took:?}");
+
+    // Each is counted; none is a warning in the agent's log, however
+    // often local clients ask.
+    for i in 0..40 {
+        let (error, _) = fetch_error(&b, &format!("models/none-{i}"), Selector::Latest);
+        assert_eq!(error.code(), Some(ErrorCode::NotFound), "{error}");
+    }
+    b.wait_for_counter("pulls_not_found", 41);
+    let log = agent.output();
+    assert!(!log.contains("cannot supply"), "{log}");
 
     // Outside the --pull prefixes the daemon answers alone, as ever.
     let (error, took) = fetch_error(&b, "other/none", Selector::Latest);
@@ -221,7 +231,8 @@ fn an_unreachable_store_or_a_corrupt_blob_fails_the_waiters_with_the_reason() {
     let (x, t) = (pattern(3 * MIB, 54), pattern(3 * MIB, 60));
     a.publish_and_push("models/x", &x);
     a.publish_and_push("models/t", &t);
-    let _agent = b.spawn_resolver(["--poll", "1h"]);
+    let agent_started = Instant::now();
+    let agent = b.spawn_resolver(["--poll", "1h"]);
 
     // One bit flipped, or the end cut off: refused as ever, and the
     // waiter is told why.
@@ -260,6 +271,37 @@ fn an_unreachable_store_or_a_corrupt_blob_fails_the_waiters_with_the_reason() {
         "before the deadline: {took:?}"
     );
     assert_eq!(client.status().unwrap().versions, 0);
+
+    // Local clients asking for name after name while the store is down
+    // each get the reason, but the agent's log gets 20 such warnings at
+    // once (this test's earlier failures took 3 of them) and then 6 a
+    // minute.
+    let askers: Vec<_> = (0..6)
+        .map(|t| {
+            let socket = b.daemon.socket().to_path_buf();
+            std::thread::spawn(move || {
+                for i in 0..5 {
+                    let mut client = Client::connect_to(&socket).unwrap();
+                    let name = format!("models/gone-{t}-{i}");
+                    let error = client.fetch(&name).expect_err("the store is down");
+                    assert_eq!(error.code(), Some(ErrorCode::Unavailable), "{error}");
+                }
+            })
+        })
+        .collect();
+    for asker in askers {
+        asker.join().unwrap();
+    }
+    let lived = agent_started.elapsed();
+    let output = agent.output();
+    let warned = output.matches("cannot supply").count();
+    let allowed = 20 + (6.0 * lived.as_secs_f64() / 60.0).ceil() as usize;
+    eprintln!("[store down] 33 failed pulls in {lived:?}: {warned} warnings (budget {allowed})");
+    assert!(
+        warned <= allowed,
+        "{warned} warnings, budget {allowed}:\n{output}"
+    );
+    assert!(output.matches("cannot supply models/gone-").count() < 30);
 }
 
 #[test]

@@ -194,7 +194,9 @@ impl Connection {
             Ok(writer) => writer,
             Err(e) => {
                 let message = format!("cannot create a memfd of {size} bytes: {e}");
-                warn!("{message}");
+                if let Some(note) = self.state.may_log(&self.peer) {
+                    warn!(peer = %self.peer, "{message}{note}");
+                }
                 return Ok(Err(Response::error(ErrorCode::Internal, message)));
             }
         };
@@ -240,7 +242,9 @@ impl Connection {
             Ok(blob) => Ok(Ok(blob)),
             Err(e) => {
                 let message = format!("cannot seal the new asset: {e}");
-                warn!("{message}");
+                if let Some(note) = self.state.may_log(&self.peer) {
+                    warn!(peer = %self.peer, "{message}{note}");
+                }
                 Ok(Err(Response::error(ErrorCode::Internal, message)))
             }
         }

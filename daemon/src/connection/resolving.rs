@@ -46,10 +46,16 @@ impl Connection {
             }
         }
         let (id, mut wanted) = self.state.resolvers().register(prefixes.clone());
-        info!(peer = %self.peer, ?prefixes, "resolving");
+        // Within the log budget: a user may resolve its own prefix, on as
+        // many connections, one after another, as it likes.
+        if let Some(note) = self.state.may_log(&self.peer) {
+            info!(peer = %self.peer, ?prefixes, "resolving{note}");
+        }
         let served = self.serve_resolver(id, &mut wanted).await;
         self.state.resolvers().unregister(id);
-        info!(peer = %self.peer, "no longer resolving");
+        if let Some(note) = self.state.may_log(&self.peer) {
+            info!(peer = %self.peer, "no longer resolving{note}");
+        }
         served
     }
 

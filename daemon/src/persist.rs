@@ -126,7 +126,9 @@ struct Generation {
     /// The number of the journal changes are appended to. The snapshot of
     /// the same number is stored, being written, or failed to be written.
     number: u64,
-    journal: OwnedFd,
+    /// None until a journal could be started: `restore` starts one before
+    /// anything is served.
+    journal: Option<OwnedFd>,
     journal_len: u64,
     /// The newest snapshot in the store, and its length.
     snapshot: Option<u64>,
@@ -155,7 +157,7 @@ impl Generation {
         store_fd(&journal_name(number), journal.as_fd())?;
         self.journals.push(number);
         self.number = number;
-        self.journal = journal;
+        self.journal = Some(journal);
         self.journal_len = 0;
         self.broken = false;
         Ok(())
@@ -231,7 +233,11 @@ impl FdStore {
         }
         let mut current = self.generation();
         if !records.is_empty() {
-            if let Err(e) = append(&current.journal, current.journal_len, &records) {
+            let appended = match &current.journal {
+                Some(journal) => append(journal, current.journal_len, &records),
+                None => Err(io::Error::other("no journal could be started")),
+            };
+            if let Err(e) = appended {
                 warn!("cannot append to the catalog journal ({e}); writing a full snapshot");
                 current.broken = true;
             }
@@ -741,8 +747,7 @@ pub fn restore(state: &Arc<State>, passed: Vec<(String, OwnedFd)>) -> (Arc<FdSto
         .max(snapshot.generation);
     let current = Generation {
         number,
-        journal: rustix::fs::memfd_create("memseal-journal", MemfdFlags::CLOEXEC)
-            .expect("a memfd for the journal"),
+        journal: None,
         journal_len: 0,
         snapshot: (snapshot.generation > 0).then_some(snapshot.generation),
         snapshot_len: 0,

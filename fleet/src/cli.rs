@@ -114,7 +114,8 @@ pub enum Command {
     /// the name's manifest does not name and a version asked for by
     /// number; a store that cannot be reached, or a download refused as
     /// corrupt, fails the waiting clients with "unavailable" and the
-    /// reason. Clients wait at most memseald's resolve_timeout (30 s by
+    /// reason, and a refused blob is not downloaded again before
+    /// --retry-refused-after, whoever asks. Clients wait at most memseald's resolve_timeout (30 s by
     /// default); a longer download still finishes, for the next fetch.
     /// Resolving a prefix needs the right to publish every name under it
     /// (the empty prefix: any name).

@@ -76,6 +76,16 @@ struct Listener {
 impl Listener {
     fn new(listener: UnixListener, state: Arc<State>, config: Arc<Config>) -> Listener {
         let unread_limit = connection::unread_limit(config.max_connections, descriptor_limit());
+        let ceiling = descriptor_ceiling(descriptor_limit());
+        if usize::try_from(ceiling).is_ok_and(|ceiling| ceiling < config.max_connections) {
+            warn!(
+                "RLIMIT_NOFILE is {}: connections may use descriptors up to {ceiling} only, \
+                 fewer than max_connections ({}); raise the limit (LimitNOFILE=) or lower \
+                 max_connections",
+                descriptor_limit(),
+                config.max_connections
+            );
+        }
         let shared = connection::Shared {
             kept: SharedKept::for_descriptor_limit(descriptor_limit()),
             lanes: connection::Lanes::per_cpu(),
@@ -94,7 +104,7 @@ impl Listener {
             shared,
             tasks: JoinSet::new(),
             shutdown: watch::channel(false).0,
-            descriptor_ceiling: descriptor_ceiling(descriptor_limit()),
+            descriptor_ceiling: ceiling,
         }
     }
 

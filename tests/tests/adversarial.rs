@@ -1179,6 +1179,14 @@ fn a_connection_flood_under_a_low_descriptor_limit() {
         Some("64"),
         "soft limit not raised: {nofile}"
     );
+    // The daemon says at start that 64 cannot serve 1,024 connections.
+    assert!(
+        daemon
+            .logs()
+            .contains("RLIMIT_NOFILE is 64: connections may use descriptors up to 48"),
+        "{}",
+        daemon.logs()
+    );
     let base = baseline(&daemon);
     // A client connected before the flood keeps being served during it.
     let mut veteran = daemon.client();

@@ -15,7 +15,8 @@
 //! - `policy`: who may publish and remove which names.
 //! - `resolvers`: pull-through: missing names announced to the client
 //!   that resolves their prefix, and the clients that wait for them.
-//! - `log_budget`: how many lines about clients' requests are logged.
+//! - `rate_budget`: how often a user's requests may be logged, and start
+//!   pulls through a resolver.
 //! - `notify`: readiness, status and watchdog for the service manager.
 //! - `persist`: the service manager's fd store, so a restart or a crash
 //!   loses no asset.
@@ -55,10 +56,10 @@ pub mod config;
 mod connection;
 mod descriptions;
 mod listener;
-mod log_budget;
 mod notify;
 mod persist;
 mod policy;
+mod rate_budget;
 mod resolvers;
 mod server;
 mod state;

@@ -13,10 +13,13 @@
 //! always.
 //!
 //! What a resolver can be made to do is bounded: each has a queue of at
-//! most [`MAX_PENDING_PULLS`] pulls; a pull beyond it fails at once with
-//! `Unavailable`. Where no resolver covers a name, nothing changes: a
+//! most [`MAX_PENDING_PULLS`] pulls, and a user who is not a publisher may
+//! start only so many pulls at once and a second (`rate_budget::PULLS`),
+//! joining a pull under way being free; a pull beyond either fails at once
+//! with `Unavailable`. Where no resolver covers a name, nothing changes: a
 //! fetch of a missing name answers `NotFound` at once, as it always did.
 
+use crate::rate_budget::PULLS;
 use memseal_proto::{AssetInfo, ErrorCode, ErrorReply, Selector};
 use std::collections::HashMap;
 use std::sync::Mutex;
@@ -106,7 +109,15 @@ impl Resolvers {
     /// of it is already under way: None when no resolver covers the name
     /// (nothing changes then), else the waiter, whose value turns Some
     /// when the pull ends. `timeout` bounds how long this pull is shared.
-    pub fn pull(&self, name: &str, selector: Selector, timeout: Duration) -> Option<Waiter> {
+    /// `may_start` is asked only when a new pull would be announced: false
+    /// fails this one at once (the asker is over its budget).
+    pub fn pull(
+        &self,
+        name: &str,
+        selector: Selector,
+        timeout: Duration,
+        may_start: impl FnOnce() -> bool,
+    ) -> Option<Waiter> {
         let now = Instant::now();
         let mut registry = self.lock();
         registry.pulls.retain(|_, pull| pull.expires > now);
@@ -130,6 +141,20 @@ impl Resolvers {
             .max_by_key(|(longest, _)| *longest)
             .map(|(_, r)| (r.id, r.wanted.clone()))?;
         let (done, waiter) = watch::channel(None);
+        if !may_start() {
+            let (per_uid, users) = (PULLS.per_uid, PULLS.users);
+            let _ = done.send(Some(Err(ErrorReply {
+                code: ErrorCode::Unavailable,
+                message: format!(
+                    "'{name}' is not held here, and this user has asked for more missing \
+                     names than memseald passes on to their resolver: {} at once and {} a \
+                     second per user, {} and {} for all users who are not publishers; \
+                     retry later",
+                    per_uid.burst, per_uid.per_second, users.burst, users.per_second
+                ),
+            })));
+            return Some(waiter);
+        }
         let wanted = Wanted {
             name: name.to_owned(),
             selector,
@@ -205,13 +230,17 @@ mod tests {
     fn one_announcement_however_many_wait_and_a_publish_ends_it() {
         let resolvers = Resolvers::default();
         assert!(resolvers
-            .pull("models/a", Selector::Latest, Duration::from_secs(5))
+            .pull("models/a", Selector::Latest, Duration::from_secs(5), || {
+                true
+            })
             .is_none());
         let (_, mut wanted) = resolvers.register(vec!["models/".into()]);
         let waiters: Vec<Waiter> = (0..16)
             .map(|_| {
                 resolvers
-                    .pull("models/a", Selector::Latest, Duration::from_secs(5))
+                    .pull("models/a", Selector::Latest, Duration::from_secs(5), || {
+                        true
+                    })
                     .unwrap()
             })
             .collect();
@@ -234,7 +263,7 @@ mod tests {
         let resolvers = Resolvers::default();
         let (id, _wanted) = resolvers.register(vec!["m/".into()]);
         let waiter = resolvers
-            .pull("m/x", Selector::Version(2), Duration::from_secs(5))
+            .pull("m/x", Selector::Version(2), Duration::from_secs(5), || true)
             .unwrap();
         let error = ErrorReply {
             code: ErrorCode::NotFound,
@@ -243,13 +272,39 @@ mod tests {
         resolvers.unresolved(id, "m/x", Selector::Version(2), error.clone());
         assert_eq!(*waiter.borrow(), Some(Err(error)));
         let waiter = resolvers
-            .pull("m/y", Selector::Latest, Duration::from_secs(5))
+            .pull("m/y", Selector::Latest, Duration::from_secs(5), || true)
             .unwrap();
         resolvers.unregister(id);
         let outcome = waiter.borrow().clone().unwrap().unwrap_err();
         assert_eq!(outcome.code, ErrorCode::Unavailable);
         assert!(resolvers
-            .pull("m/z", Selector::Latest, Duration::from_secs(5))
+            .pull("m/z", Selector::Latest, Duration::from_secs(5), || true)
             .is_none());
+    }
+
+    #[test]
+    fn a_pull_over_budget_is_not_announced_and_joining_one_is_free() {
+        let resolvers = Resolvers::default();
+        let (_, mut wanted) = resolvers.register(vec!["m/".into()]);
+        let refused = resolvers
+            .pull("m/x", Selector::Latest, Duration::from_secs(5), || false)
+            .unwrap();
+        let outcome = refused.borrow().clone().unwrap().unwrap_err();
+        assert_eq!(outcome.code, ErrorCode::Unavailable);
+        assert!(
+            outcome.message.contains("retry later"),
+            "{}",
+            outcome.message
+        );
+        assert!(wanted.try_recv().is_err(), "not announced");
+
+        let _started = resolvers
+            .pull("m/x", Selector::Latest, Duration::from_secs(5), || true)
+            .unwrap();
+        let joined = resolvers.pull("m/x", Selector::Latest, Duration::from_secs(5), || {
+            panic!("joining a pull under way is not asked for")
+        });
+        assert!(joined.is_some_and(|waiter| waiter.borrow().is_none()));
+        assert_eq!(wanted.try_recv().unwrap().name, "m/x");
     }
 }

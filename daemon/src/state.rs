@@ -8,8 +8,8 @@
 use crate::blob::Blob;
 use crate::catalog::{Budget, Catalog, CatalogError, Change, Claim, Totals};
 use crate::connection::USER_INGESTS;
-use crate::log_budget::{LogBudget, Note};
 use crate::policy::{Peer, Policy};
+use crate::rate_budget::{Note, RateBudget, LOG_LINES, PULLS};
 use crate::resolvers::Resolvers;
 use memseal_proto::{AssetInfo, Event, Selector, ServerStatus};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -32,7 +32,8 @@ pub struct State {
     /// Published and removed versions, for watchers, in catalog order.
     events: tokio::sync::broadcast::Sender<Event>,
     /// Which per-request log lines are written.
-    log_budget: LogBudget,
+    log_budget: RateBudget,
+    pull_budget: RateBudget,
     /// Resolvers of missing names, and the pulls under way.
     resolvers: Resolvers,
     /// Descriptor publishes users who are not publishers may run at once.
@@ -53,7 +54,8 @@ impl State {
             connections: AtomicU64::new(0),
             observe_order: Mutex::new(()),
             events: tokio::sync::broadcast::channel(WATCH_BACKLOG).0,
-            log_budget: LogBudget::default(),
+            log_budget: RateBudget::new(LOG_LINES),
+            pull_budget: RateBudget::new(PULLS),
             resolvers: Resolvers::default(),
             user_ingests: Arc::new(tokio::sync::Semaphore::new(USER_INGESTS)),
         })
@@ -106,15 +108,22 @@ impl State {
     }
 
     /// Which per-request log lines are written.
-    pub fn log_budget(&self) -> &LogBudget {
+    pub fn log_budget(&self) -> &RateBudget {
         &self.log_budget
     }
 
     /// May a line about a request of `peer` be written now? Publishers
-    /// draw on a budget of their own (see `log_budget`).
+    /// draw on a budget of their own (see `rate_budget`).
     pub fn may_log(&self, peer: &Peer) -> Option<Note> {
         let publisher = self.policy().is_publisher(peer);
         self.log_budget.allow(peer, publisher)
+    }
+
+    /// May `peer` start a pull through a resolver now (see
+    /// `rate_budget`)? Publishers always may.
+    pub fn may_start_pull(&self, peer: &Peer) -> bool {
+        let publisher = self.policy().is_publisher(peer);
+        self.pull_budget.allow(peer, publisher).is_some()
     }
 
     /// Slots for descriptor publishes by users who are not publishers.

@@ -151,14 +151,12 @@ fn a_batch_pulls_its_missing_items_together() {
     assert_eq!(results[1].as_ref().unwrap(), b"shard/b");
 }
 
-#[test]
-fn only_a_publisher_of_a_prefix_may_resolve_it() {
+/// A daemon whose socket other users can reach, for a test that connects
+/// as one; None (and the test skipped) unless the tests run as root.
+fn daemon_for_other_users(test: &str) -> Option<Daemon> {
     if !memseal_tests::is_root() {
-        memseal_tests::skip(
-            "only_a_publisher_of_a_prefix_may_resolve_it",
-            "needs root to connect as another uid",
-        );
-        return;
+        memseal_tests::skip(test, "needs root to connect as another uid");
+        return None;
     }
     let daemon = Daemon::start();
     std::fs::set_permissions(
@@ -166,6 +164,14 @@ fn only_a_publisher_of_a_prefix_may_resolve_it() {
         std::os::unix::fs::PermissionsExt::from_mode(0o755),
     )
     .unwrap();
+    Some(daemon)
+}
+
+#[test]
+fn only_a_publisher_of_a_prefix_may_resolve_it() {
+    let Some(daemon) = daemon_for_other_users("only_a_publisher_of_a_prefix_may_resolve_it") else {
+        return;
+    };
     let out = memseal_tests::as_user(65534, &memseal_tests::bin("memseal-test-peer"))
         .arg(daemon.socket())
         .args(["resolve", "shared/", "user/65534/"])
@@ -177,4 +183,72 @@ fn only_a_publisher_of_a_prefix_may_resolve_it() {
         "{text}"
     );
     assert!(text.contains("user/65534/: resolving"), "{text}");
+}
+
+#[test]
+fn a_user_asking_for_missing_name_after_name_starts_only_its_budget_of_pulls() {
+    let Some(daemon) = daemon_for_other_users(
+        "a_user_asking_for_missing_name_after_name_starts_only_its_budget_of_pulls",
+    ) else {
+        return;
+    };
+    // A resolver that answers every announcement at once: not in the store.
+    let mut resolver = resolver(&daemon, &["pull/"]);
+    let answering = std::thread::spawn(move || {
+        let mut announced = Vec::new();
+        while let Some(wanted) = resolver.next_wanted(Some(Duration::from_secs(3))).unwrap() {
+            resolver
+                .unresolved(&wanted, ErrorCode::NotFound, "not in the store")
+                .unwrap();
+            announced.push(wanted.name);
+        }
+        announced
+    });
+
+    // An ordinary user asks for 400 names nobody has, as fast as it can.
+    let started = Instant::now();
+    let out = memseal_tests::as_user(65534, &memseal_tests::bin("memseal-test-peer"))
+        .arg(daemon.socket())
+        .args(["misses", "pull/user-", "400"])
+        .output()
+        .unwrap();
+    let took = started.elapsed();
+    let text = String::from_utf8_lossy(&out.stdout);
+    let tally = |code: &str| -> usize {
+        text.lines()
+            .find_map(|line| line.strip_prefix(&format!("{code} "))?.split_once(':'))
+            .map_or(0, |(n, _)| n.parse().unwrap())
+    };
+    let (not_found, unavailable) = (tally("NotFound"), tally("Unavailable"));
+    // 128 at once, then 16 a second.
+    let allowed = 128 + (16.0 * took.as_secs_f64()).ceil() as usize;
+    eprintln!(
+        "[pull budget] 400 misses in {took:?}: {not_found} passed on, {unavailable} refused \
+         (budget {allowed})"
+    );
+    assert_eq!(not_found + unavailable, 400, "{text}");
+    assert!(
+        (128..=allowed).contains(&not_found),
+        "{not_found} passed on to the resolver, budget {allowed}:\n{text}"
+    );
+    // The refused ones were told why.
+    assert!(text.contains("Unavailable"), "{text}");
+    assert!(text.contains("per user"), "{text}");
+
+    // A publisher (this test's root) is not held to it.
+    let mut publisher = daemon.client();
+    for i in 0..200 {
+        let error = publisher.fetch(&format!("pull/root-{i}")).unwrap_err();
+        assert_eq!(error.code(), Some(ErrorCode::NotFound), "{error}");
+    }
+    let announced = answering.join().unwrap();
+    let from_user = announced
+        .iter()
+        .filter(|n| n.starts_with("pull/user-"))
+        .count();
+    assert_eq!(
+        from_user, not_found,
+        "each name passed on was announced once"
+    );
+    assert_eq!(announced.len() - from_user, 200);
 }

@@ -144,7 +144,9 @@ impl Connection {
             done => return Ok(done),
         };
         let resolvers = self.state.resolvers();
-        let Some(waiter) = resolvers.pull(name, selector, self.config.resolve_timeout) else {
+        let may_start = || self.state.may_start_pull(&self.peer);
+        let Some(waiter) = resolvers.pull(name, selector, self.config.resolve_timeout, may_start)
+        else {
             return Ok(missing);
         };
         // It may have been published after the lookup and before the pull

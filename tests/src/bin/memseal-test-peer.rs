@@ -34,6 +34,10 @@
 //! - `memseal-test-peer SOCKET trickle NAME SIZE CHUNK INTERVAL_MS` starts
 //!   a streamed publish of SIZE bytes and sends CHUNK bytes every
 //!   INTERVAL_MS until the daemon drops it; prints `dropped after N bytes`.
+//! - `memseal-test-peer SOCKET misses PREFIX COUNT` fetches COUNT distinct
+//!   names PREFIX0, PREFIX1, ... that nobody published, one after the other
+//!   on one connection, and prints one line per error code met: `CODE N:`
+//!   and the last message with that code.
 
 use memseal_proto::codec::{decode_response, encode_request};
 use memseal_proto::wire::{FrameReader, FrameWriter};
@@ -55,7 +59,8 @@ const USAGE: &str = "usage: memseal-test-peer SOCKET upload NAME SIZE SEND
        memseal-test-peer SOCKET fill PREFIX SIZE
        memseal-test-peer SOCKET list-loop SECONDS
        memseal-test-peer SOCKET resolve PREFIX...
-       memseal-test-peer SOCKET trickle NAME SIZE CHUNK INTERVAL_MS";
+       memseal-test-peer SOCKET trickle NAME SIZE CHUNK INTERVAL_MS
+       memseal-test-peer SOCKET misses PREFIX COUNT";
 
 fn main() {
     let args: Vec<String> = std::env::args().collect();
@@ -87,6 +92,7 @@ fn main() {
             chunk.parse().expect("CHUNK"),
             interval.parse().expect("INTERVAL_MS"),
         ),
+        [socket, "misses", prefix, count] => misses(socket, prefix, count.parse().expect("COUNT")),
         _ => {
             eprintln!("{USAGE}");
             std::process::exit(2);
@@ -355,6 +361,26 @@ fn fill(socket: &str, prefix: &str, size: usize) {
         }
     }
     sleep_forever();
+}
+
+/// Fetch `count` names nobody published; tally the answers.
+fn misses(socket: &str, prefix: &str, count: usize) {
+    let mut client = memseal::Client::connect_to(socket).expect("connect");
+    let mut tally = std::collections::BTreeMap::new();
+    for i in 0..count {
+        let error = client
+            .fetch(&format!("{prefix}{i}"))
+            .expect_err("nobody published it");
+        let code = error
+            .code()
+            .map_or("no code".to_owned(), |c| format!("{c:?}"));
+        let (n, last) = tally.entry(code).or_insert((0u64, String::new()));
+        *n += 1;
+        *last = error.to_string();
+    }
+    for (code, (n, last)) in tally {
+        say(&format!("{code} {n}: {last}"));
+    }
 }
 
 /// List every name over and over.

@@ -147,7 +147,7 @@ impl Resolvers {
                 code: ErrorCode::Unavailable,
                 message: format!(
                     "'{name}' is not held here, and this user has asked for more missing \
-                     names than memseald passes on to their resolver: {} at once and {} a \
+                     names than memseald passes on to a resolver: {} at once and {} a \
                      second per user, {} and {} for all users who are not publishers; \
                      retry later",
                     per_uid.burst, per_uid.per_second, users.burst, users.per_second

@@ -14,10 +14,10 @@
 //! the next that happens carries the count (a log line says how many
 //! similar lines were left out before it).
 //!
-//! With the rates below, all non-publishers together write at most
-//! [`LOG_LINES`]`.users.burst` lines at once and `.users.per_second` a second
-//! after that, whatever they send, and start at most [`PULLS`]`.users.burst`
-//! pulls at once and `.users.per_second` a second.
+//! With the rates below ([`LOG_LINES`], [`PULLS`]), all non-publishers
+//! together write at most 100 lines at once and 10 a second after that,
+//! whatever they send, and start at most 512 pulls at once and 64 a
+//! second; SECURITY.md's table of budgets lists them all.
 
 use crate::policy::Peer;
 use std::collections::HashMap;

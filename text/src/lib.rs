@@ -2,11 +2,10 @@
 //!
 //! The daemon's status line ("serving 3 asset(s), 3 version(s), 1.5 GiB in
 //! 3 blob(s)"), the `memseal` command line and `memseal-fleet` all write
-//! numbers for people
-//! the same way, from here: binary units with one decimal, durations in
-//! their two largest units, dates in UTC, and tables padded to their
-//! widest cell. Nothing here is parsed back; machine-readable output
-//! (`--json`) carries the raw numbers.
+//! numbers for people the same way, from here: binary units with one
+//! decimal, durations in their two largest units, dates in UTC, and tables
+//! padded to their widest cell. Nothing here is parsed back;
+//! machine-readable output (`--json`) carries the raw numbers.
 
 #![forbid(unsafe_code)]
 

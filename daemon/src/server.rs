@@ -409,13 +409,16 @@ fn refuse_busy(stream: &UnixStream, message: String) {
     }
 }
 
+/// Who connected (`SO_PEERCRED`, read by tokio), as the daemon's
+/// namespaces see it: the pid is 0 when the peer's PID namespace is not
+/// visible from ours.
 fn peer_of(stream: &UnixStream) -> io::Result<Peer> {
-    let cred = crate::sys::peer_credentials(stream.as_fd())?;
+    let cred = stream.peer_cred()?;
     let groups = crate::sys::peer_groups(stream.as_fd()).unwrap_or_default();
     Ok(Peer {
-        pid: cred.pid,
-        uid: cred.uid,
-        gid: cred.gid,
+        pid: cred.pid().unwrap_or(0),
+        uid: cred.uid(),
+        gid: cred.gid(),
         groups,
     })
 }

@@ -1,12 +1,15 @@
 //! The daemon's only `unsafe` code: a short-lived writable mapping that
-//! lets a new memfd of the daemon's own be backed by huge pages, three
-//! socket queries that rustix does not wrap (or, for `SO_PEERCRED`, wraps
-//! unsoundly: its `UCred` holds the pid as a non-zero `Pid`, and the kernel
-//! reports pid 0 for a peer in a PID namespace the daemon cannot see, such
-//! as a client in another container), taking ownership of
-//! descriptors the service manager passed, registering a socket with
-//! tokio's event loop for one kind of readiness, and one setting of the C
-//! allocator.
+//! lets a new memfd of the daemon's own be backed by huge pages, two
+//! socket queries that rustix does not wrap (`SO_PEERGROUPS`, `SIOCOUTQ`),
+//! taking ownership of descriptors the service manager passed, registering
+//! a socket with tokio's event loop for one kind of readiness, and one
+//! setting of the C allocator.
+//!
+//! `SO_PEERCRED` is read with tokio's `UnixStream::peer_cred`, not
+//! rustix's `socket_peercred`, which is unsound here: its `UCred` holds the
+//! pid as a non-zero `Pid`, and the kernel reports pid 0 for a peer in a
+//! PID namespace the daemon cannot see, such as a client in another
+//! container.
 //!
 //! Each function is a small safe wrapper; callers never see a raw pointer.
 //! Nothing here maps a descriptor a client sent (see [`crate::blob`]).
@@ -42,33 +45,6 @@ pub fn register(stream: UnixStream, interest: Interest) -> io::Result<AsyncFd<Un
     // from every `as_raw_fd` until it is dropped.
     // SAFETY: so it stays valid while registered; the owning `AsyncFd` deregisters first.
     unsafe { AsyncFd::register_with_interest(stream, interest) }.map_err(io::Error::from)
-}
-
-/// A Unix socket peer's credentials (`SO_PEERCRED`) as they were when it
-/// connected: pid (0 when the peer's PID namespace is not visible from
-/// ours), uid and gid, as seen in the daemon's namespaces.
-pub fn peer_credentials(socket: BorrowedFd<'_>) -> io::Result<libc::ucred> {
-    let mut cred = libc::ucred {
-        pid: 0,
-        uid: 0,
-        gid: 0,
-    };
-    let mut len = std::mem::size_of::<libc::ucred>() as libc::socklen_t;
-    // SAFETY: `cred` is a writable ucred of exactly `len` bytes, and every
-    // bit pattern is a valid ucred.
-    let rc = unsafe {
-        libc::getsockopt(
-            socket.as_raw_fd(),
-            libc::SOL_SOCKET,
-            libc::SO_PEERCRED,
-            (&mut cred as *mut libc::ucred).cast(),
-            &mut len,
-        )
-    };
-    if rc != 0 {
-        return Err(io::Error::last_os_error());
-    }
-    Ok(cred)
 }
 
 /// The supplementary groups of a Unix socket's peer (`SO_PEERGROUPS`), as

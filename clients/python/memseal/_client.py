@@ -196,7 +196,9 @@ class Client:
             return response, fds
         close_all(fds)
         if isinstance(response, m.ErrorReply):
-            error = ServerError(response.code, response.message)
+            # In place of a welcome or an event, a refusal ends the connection.
+            ending = want in (m.Welcome, m.EventReply)
+            error = ServerError(response.code, response.message, ending)
             if error.closes_connection:
                 self.close()
             raise error

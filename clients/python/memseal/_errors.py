@@ -33,8 +33,11 @@ class ErrorCode(enum.IntEnum):
 
     @property
     def closes_connection(self) -> bool:
-        """True for the codes after which the daemon closes the connection."""
-        return self in (ErrorCode.PROTOCOL_ERROR, ErrorCode.BUSY, ErrorCode.UNSUPPORTED_VERSION)
+        """True for the codes after which the daemon always closes the
+        connection. ``BUSY`` closes it only where it refuses a new
+        connection or ends a watch; as the answer to a request it leaves
+        the connection open (PROTOCOL.md sections 6.3 and 7.10)."""
+        return self in (ErrorCode.PROTOCOL_ERROR, ErrorCode.UNSUPPORTED_VERSION)
 
 
 class MemsealError(Exception):
@@ -95,20 +98,24 @@ class ServerError(MemsealError):
     """
 
     code: Union[ErrorCode, int]
+    #: True when the daemon closed the connection after this error.
+    closes_connection: bool
 
-    def __init__(self, code: int, message: str):
+    def __init__(self, code: int, message: str, ending: bool = False):
+        """``ending``: the error came where the daemon ends the connection
+        with ``BUSY`` (instead of a welcome, or an event)."""
         try:
             self.code = ErrorCode(code)
         except ValueError:
             self.code = code
         self.message = message
-        label = self.code.name if isinstance(self.code, ErrorCode) else "code %d" % code
+        if isinstance(self.code, ErrorCode):
+            self.closes_connection = self.code.closes_connection or (ending and self.code == ErrorCode.BUSY)
+            label = self.code.name
+        else:
+            self.closes_connection = False
+            label = "code %d" % code
         super().__init__("memseald refused the request: %s [%s]" % (message, label))
-
-    @property
-    def closes_connection(self) -> bool:
-        """True when the daemon closed the connection after this error."""
-        return isinstance(self.code, ErrorCode) and self.code.closes_connection
 
 
 class ProtocolError(MemsealError):

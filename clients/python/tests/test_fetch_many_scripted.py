@@ -273,3 +273,24 @@ def test_a_fetch_answered_with_another_asset_is_a_protocol_error() -> None:
     with run([greeted(8, answer)]) as client:
         with pytest.raises(memseal.ProtocolError, match="answered with 'other'"):
             client.fetch("wanted")
+
+
+def test_busy_in_answer_to_a_request_keeps_the_connection() -> None:
+    """``Busy`` answering a request (no descriptor of its own for this
+    reader right now) leaves the connection open (PROTOCOL.md 7.10): the
+    next fetch on it is served. Only where it refuses a new connection or
+    ends a watch does the daemon close."""
+
+    def answer(conn: socket.socket) -> None:
+        assert scripted.fetch_name(conn) == "wanted"
+        scripted.send(conn, scripted.frame(scripted.error(memseal.ErrorCode.BUSY, "no descriptor right now"), 0))
+        assert scripted.fetch_name(conn) == "wanted"
+        scripted.send(conn, scripted.frame(scripted.asset("wanted", 5), 1), [scripted.memfd(b"bytes")])
+
+    with run([greeted(8, answer)]) as client:
+        with pytest.raises(memseal.ServerError) as refused:
+            client.fetch("wanted")
+        assert refused.value.code == memseal.ErrorCode.BUSY
+        assert not refused.value.closes_connection
+        with client.fetch("wanted") as asset:
+            assert bytes(asset.view) == b"bytes"

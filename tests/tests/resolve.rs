@@ -194,15 +194,23 @@ fn a_user_asking_for_missing_name_after_name_starts_only_its_budget_of_pulls() {
     };
     // A resolver that answers every announcement at once: not in the store.
     let mut resolver = resolver(&daemon, &["pull/"]);
-    let answering = std::thread::spawn(move || {
-        let mut announced = Vec::new();
-        while let Some(wanted) = resolver.next_wanted(Some(Duration::from_secs(3))).unwrap() {
-            resolver
-                .unresolved(&wanted, ErrorCode::NotFound, "not in the store")
-                .unwrap();
-            announced.push(wanted.name);
+    // It answers until told to stop, then reports every name it heard.
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let answering = std::thread::spawn({
+        let stop = stop.clone();
+        move || {
+            let mut announced = Vec::new();
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                let wait = Some(Duration::from_millis(100));
+                if let Some(wanted) = resolver.next_wanted(wait).unwrap() {
+                    resolver
+                        .unresolved(&wanted, ErrorCode::NotFound, "not in the store")
+                        .unwrap();
+                    announced.push(wanted.name);
+                }
+            }
+            announced
         }
-        announced
     });
 
     // An ordinary user asks for 400 names nobody has, as fast as it can.
@@ -241,6 +249,7 @@ fn a_user_asking_for_missing_name_after_name_starts_only_its_budget_of_pulls() {
         let error = publisher.fetch(&format!("pull/root-{i}")).unwrap_err();
         assert_eq!(error.code(), Some(ErrorCode::NotFound), "{error}");
     }
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
     let announced = answering.join().unwrap();
     let from_user = announced
         .iter()

@@ -329,8 +329,10 @@ fn a_refused_blob_is_not_downloaded_again_until_its_wait_is_over() {
     // The first fetch downloads the bad bytes and refuses them.
     let x_key = format!("blobs/{}", blake3::hash(&x).to_hex());
     let x_gets = || server.requests("GET", &x_key);
-    let (error, _) = fetch_error(&b, "models/x", Selector::Latest);
+    // Taken before the fetch, so that the agent's wait surely ends no
+    // earlier than `refused_at + wait`.
     let refused_at = Instant::now();
+    let (error, _) = fetch_error(&b, "models/x", Selector::Latest);
     assert!(error.to_string().contains("corrupted"), "{error}");
     let downloaded = x_gets();
     assert!(downloaded >= 1, "the first fetch downloads");

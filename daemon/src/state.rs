@@ -11,10 +11,11 @@ use crate::connection::USER_INGESTS;
 use crate::policy::{Peer, Policy};
 use crate::rate_budget::{Note, RateBudget, LOG_LINES, PULLS};
 use crate::resolvers::Resolvers;
+use memseal_proto::message::now_ms;
 use memseal_proto::{AssetInfo, Event, Selector, ServerStatus};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, RwLock};
-use std::time::{Instant, SystemTime, UNIX_EPOCH};
+use std::time::Instant;
 
 /// Called with every batch of catalog changes, in order, outside the lock.
 pub type Observer = Box<dyn Fn(&State, &[Change]) + Send + Sync>;
@@ -297,11 +298,4 @@ impl Drop for Reservation {
 /// `memseald <version>`, as announced in the handshake.
 pub fn server_name() -> String {
     format!("memseald {}", env!("CARGO_PKG_VERSION"))
-}
-
-pub fn now_ms() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_millis() as u64)
-        .unwrap_or(0)
 }

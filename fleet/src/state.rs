@@ -12,7 +12,7 @@
 //! One state directory belongs to one daemon.
 
 use crate::error::Error;
-use memseal::proto::message::hash_to_hex;
+use memseal::proto::message::{hash_to_hex, now_ms};
 use memseal::AssetInfo;
 use rustix::fs::FlockOperation;
 use serde::{Deserialize, Serialize};
@@ -215,14 +215,6 @@ fn write(path: &Path, pulled: Vec<Record>) -> io::Result<()> {
     file.write_all(&serde_json::to_vec_pretty(&contents).map_err(io::Error::other)?)?;
     file.sync_all()?;
     fs::rename(&temporary, path)
-}
-
-/// Milliseconds since the Unix epoch.
-pub fn now_ms() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_millis() as u64)
-        .unwrap_or(0)
 }
 
 #[cfg(test)]

@@ -335,6 +335,14 @@ pub struct AssetInfo {
     pub publisher_uid: u32,
 }
 
+/// The wall clock as [`AssetInfo::published_ms`] counts it: milliseconds
+/// since the Unix epoch (0 for a clock set before it).
+pub fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |since| since.as_millis() as u64)
+}
+
 /// Limits the daemon announces in its handshake.
 #[derive(
     Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, bincode::Encode, bincode::Decode,

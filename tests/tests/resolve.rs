@@ -239,9 +239,15 @@ fn a_user_asking_for_missing_name_after_name_starts_only_its_budget_of_pulls() {
         (128..=allowed).contains(&not_found),
         "{not_found} passed on to the resolver, budget {allowed}:\n{text}"
     );
-    // The refused ones were told why.
+    // The refused ones were told why, and the log says so, within its
+    // own budget (20 lines at once for one uid).
     assert!(text.contains("Unavailable"), "{text}");
     assert!(text.contains("per user"), "{text}");
+    let logged = daemon.logs().matches("over the pull budget").count();
+    assert!(
+        (1..=21).contains(&logged),
+        "{logged} lines about the budget"
+    );
 
     // A publisher (this test's root) is not held to it.
     let mut publisher = daemon.client();

@@ -144,11 +144,27 @@ impl Connection {
             done => return Ok(done),
         };
         let resolvers = self.state.resolvers();
-        let may_start = || self.state.may_start_pull(&self.peer);
+        let over_budget = std::cell::Cell::new(false);
+        let may_start = || {
+            let allowed = self.state.may_start_pull(&self.peer);
+            over_budget.set(!allowed);
+            allowed
+        };
         let Some(waiter) = resolvers.pull(name, selector, self.config.resolve_timeout, may_start)
         else {
             return Ok(missing);
         };
+        // Logged here, not under the resolvers' lock, which a slow journal
+        // must not hold up.
+        if over_budget.get() {
+            if let Some(note) = self.state.may_log(&self.peer) {
+                tracing::info!(
+                    peer = %self.peer,
+                    name,
+                    "not passed on to the resolver: over the pull budget{note}"
+                );
+            }
+        }
         // It may have been published after the lookup and before the pull
         // was registered, when no publish would wake the waiter.
         match self.state.fetch(name, selector) {

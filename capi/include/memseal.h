@@ -87,6 +87,7 @@
 
 /**
  * The daemon is at a limit; retry later, or watch again (protocol code 6).
+ * As the answer to a request it leaves the client usable.
  */
 #define MEMSEAL_E_BUSY (-1 - 6)
 
@@ -331,7 +332,8 @@ int memseal_hash_to_hex(const uint8_t *hash, char *out, size_t out_len);
  *
  * Returns MEMSEAL_OK, MEMSEAL_E_CONNECT when nothing listens there or the
  * socket may not be opened, MEMSEAL_E_UNTRUSTED_PEER, MEMSEAL_E_BUSY when
- * the daemon is at its connection limit, or another code.
+ * the daemon is at its connection limit or short of descriptors, or
+ * another code.
  *
  * Thread safety: safe from any thread. A client may be used from any
  * thread; calls on one client from several threads take turns.

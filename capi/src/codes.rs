@@ -28,6 +28,7 @@ pub const MEMSEAL_E_PERMISSION_DENIED: c_int = -1 - 4;
 /// The daemon or the library saw the protocol broken (protocol code 5).
 pub const MEMSEAL_E_PROTOCOL: c_int = -1 - 5;
 /// The daemon is at a limit; retry later, or watch again (protocol code 6).
+/// As the answer to a request it leaves the client usable.
 pub const MEMSEAL_E_BUSY: c_int = -1 - 6;
 /// Something failed inside the daemon (protocol code 7).
 pub const MEMSEAL_E_INTERNAL: c_int = -1 - 7;

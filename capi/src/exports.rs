@@ -127,7 +127,8 @@ pub unsafe extern "C" fn memseal_hash_to_hex(
 ///
 /// Returns MEMSEAL_OK, MEMSEAL_E_CONNECT when nothing listens there or the
 /// socket may not be opened, MEMSEAL_E_UNTRUSTED_PEER, MEMSEAL_E_BUSY when
-/// the daemon is at its connection limit, or another code.
+/// the daemon is at its connection limit or short of descriptors, or
+/// another code.
 ///
 /// Thread safety: safe from any thread. A client may be used from any
 /// thread; calls on one client from several threads take turns.

@@ -386,7 +386,10 @@ fn decode<T: bincode::Decode<()>>(
     }
     // The variant number comes first: an unknown one gets a sentence that
     // names the kinds this side knows, not a decoder's internals.
-    if let Ok((variant, _)) = bincode::decode_from_slice::<u32, _>(body, config()) {
+    let variant = bincode::decode_from_slice::<u32, _>(body, config())
+        .ok()
+        .map(|(variant, _)| variant);
+    if let Some(variant) = variant {
         if variant as usize >= kinds.len() {
             return Err(FrameError::Decode(format!(
                 "unknown {what} kind {variant} (this side knows {} kinds, 0 to {}: {})",
@@ -397,9 +400,8 @@ fn decode<T: bincode::Decode<()>>(
         }
     }
     let (message, used): (T, usize) = bincode::decode_from_slice(body, config()).map_err(|e| {
-        let kind = bincode::decode_from_slice::<u32, _>(body, config())
-            .ok()
-            .and_then(|(n, _)| kinds.get(n as usize).copied())
+        let kind = variant
+            .and_then(|n| kinds.get(n as usize).copied())
             .unwrap_or(what);
         FrameError::Decode(format!("a '{kind}' {what} {}", describe(&e)))
     })?;

@@ -11,12 +11,8 @@ use std::io::{self, IoSlice, IoSliceMut};
 use std::mem::MaybeUninit;
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 
-/// Room for this many descriptors in each receive. Anything above
-/// [`crate::MAX_FDS_PER_FRAME`] is an error, but the extra room lets the
-/// receiver see and close a few surplus descriptors instead of relying on
-/// `MSG_CTRUNC` alone.
-/// Descriptors one receive has room for, above the frame's limit: seeing
-/// a few surplus ones lets the receiver close them and name the error
+/// Descriptors one receive has room for above the frame's limit: seeing a
+/// few surplus ones lets the receiver close them and name the error
 /// precisely rather than rely on `MSG_CTRUNC` alone.
 const SURPLUS_ROOM: usize = 7;
 
